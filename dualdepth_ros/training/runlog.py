@@ -1,0 +1,98 @@
+"""Training logs: TensorBoard (every loss term, images) and a console progress bar with ETA.
+
+Only the main process (rank 0) writes; other ranks get a logger that does nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+__all__ = ["RunLogger", "colorize_inverse_depth"]
+
+
+def colorize_inverse_depth(depth: torch.Tensor | np.ndarray, conf: bool = False) -> np.ndarray:
+    """``H×W`` depth (or confidence with ``conf=True``) → ``3×H×W`` uint8 RGB for TensorBoard.
+
+    Depth is shown as inverse depth normalised by its 95th percentile (near = bright), the
+    usual self-supervised-depth visualisation; confidence is shown as grey levels in [0, 1].
+    """
+    import cv2
+
+    d = depth.detach().float().cpu().numpy() if isinstance(depth, torch.Tensor) else np.asarray(depth, np.float32)
+    if conf:
+        v = np.clip(d, 0.0, 1.0)
+        cmap = cv2.COLORMAP_VIRIDIS
+    else:
+        inv = np.where(np.isfinite(d) & (d > 0), 1.0 / np.maximum(d, 1e-6), 0.0)
+        hi = np.percentile(inv, 95) if inv.size else 1.0
+        v = np.clip(inv / max(hi, 1e-6), 0.0, 1.0)
+        cmap = cv2.COLORMAP_MAGMA
+    bgr = cv2.applyColorMap((v * 255).astype(np.uint8), cmap)
+    return bgr[:, :, ::-1].transpose(2, 0, 1).copy()
+
+
+class RunLogger:
+    """TensorBoard + tqdm for one run directory.
+
+    Parameters
+    ----------
+    run_dir : where ``tb/`` (event files) goes.
+    total_steps : for the progress bar's ETA.
+    start_step : the step a resumed run starts from.
+    enabled : False on non-main ranks (nothing is written or shown).
+    """
+
+    def __init__(self, run_dir: str | Path, total_steps: int, start_step: int = 0, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.writer = None
+        self.bar = None
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"), purge_step=start_step or None)
+        self.bar = tqdm(
+            total=total_steps,
+            initial=start_step,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            file=sys.stderr,
+            disable=None,
+        )
+
+    def scalars(self, step: int, values: dict[str, float], prefix: str = "train") -> None:
+        if not self.enabled:
+            return
+        for k, v in values.items():
+            self.writer.add_scalar(f"{prefix}/{k}", float(v), step)
+
+    def image(self, step: int, tag: str, chw_uint8: np.ndarray) -> None:
+        if self.enabled:
+            self.writer.add_image(tag, chw_uint8, step, dataformats="CHW")
+
+    def progress(self, n: int = 1, **postfix: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix(
+                    {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in postfix.items()}, refresh=False
+                )
+
+    def write(self, line: str) -> None:
+        """A console line that does not break the progress bar."""
+        if self.enabled:
+            (self.bar.write if self.bar is not None else print)(line)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
