@@ -15,6 +15,12 @@ os.environ["ROS_LOCALHOST_ONLY"] = "1"  # Humble
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(1, 100)))
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Tests run many tiny convolutions; two threads on a 2-core CI box spend more time synchronising
+# than computing (measured: up to 100× slower under load). One thread is fast and deterministic.
+torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"  # subprocesses too
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_BAG = REPO / "test" / "data" / "sample_drive"

@@ -1,0 +1,536 @@
+"""The trainer: bags → clips → DepthModel + SelfSupervisedLoss → checkpoints, logs, validation.
+
+One step (sc_depth_pl style, short enough to read on one screen) is :meth:`Trainer.train_step`::
+
+    batch = to_model_batch(items)          # ("color", f, 0), ("color_aug", f, 0), ("K", 0)
+    outputs = model(batch)                 # depth per branch/scale, fused depth, poses
+    total, terms = loss_fn(batch, outputs) # every term of config/train.yaml
+    total.backward(); optimiser.step(); scheduler.step()
+
+Exact resume: the order of the clips in epoch ``e`` and every clip's augmentation are functions
+of ``(seed, e, index)`` only (not of the number of loader workers or of where a run stopped),
+and the checkpoint holds model, optimiser, schedule, step and RNG states, so ``--resume``
+continues exactly as if the run had not stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..config import Config, load_config, register_section
+from ..data import ClipDataset, DataConfig, load_stores
+from ..errors import DualDepthError
+from ..losses import SelfSupervisedLoss, clip_layout
+from ..networks import DepthModel, count_parameters
+from . import distributed
+from .checkpoint import atomic_save, load_checkpoint, make_checkpoint, rng_state, set_rng_state
+from .runlog import RunLogger, colorize_inverse_depth
+
+__all__ = ["TrainSection", "Trainer", "to_model_batch", "train"]
+
+
+@dataclasses.dataclass
+class TrainSection:
+    """The ``train:`` section of the training config (loop mechanics, not the method).
+
+    max_steps : stop after this many optimiser steps (0 = ``optim.epochs`` epochs).
+    log_every, image_every : TensorBoard scalars / images period in steps.
+    checkpoint_every : write ``last.pt`` every N steps (and at every epoch end and at the end).
+    val_every : validate every N steps (0 = at every epoch end only).
+    val_max_clips : validation clips used for the photometric validation loss (0 = all).
+    num_workers : DataLoader workers (-1 = min(4, cores − 1)).
+    device : ``auto`` (CUDA when available), ``cuda`` or ``cpu``.
+    amp : mixed precision on CUDA (bfloat16 where supported, else float16 with a grad scaler).
+    channels_last : NHWC memory format on CUDA (faster convolutions with tensor cores).
+    compile : ``torch.compile`` the model on CUDA.
+    grad_clip : clip the global gradient norm (0 = off).
+    lr_warmup_steps : linear learning-rate warm-up.
+    """
+
+    max_steps: int = 0
+    log_every: int = 20
+    image_every: int = 200
+    checkpoint_every: int = 200
+    val_every: int = 0
+    val_max_clips: int = 64
+    num_workers: int = -1
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    grad_clip: float = 0.0
+    lr_warmup_steps: int = 0
+
+    @classmethod
+    def coerce(cls, value: Any) -> TrainSection:
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise DualDepthError(f"train: unknown key(s) {unknown}; known: {sorted(names)}")
+        return cls(**value)
+
+
+register_section("train", TrainSection)
+
+
+# ---------------------------------------------------------------------------------------
+# Data plumbing
+# ---------------------------------------------------------------------------------------
+def to_model_batch(items: Mapping[Any, Any], device: torch.device, channels_last: bool = False) -> dict[Any, Any]:
+    """A collated :class:`~dualdepth_ros.data.ClipDataset` batch → the losses' batch layout.
+
+    ``("color", o)`` → ``("color", o, 0)``, ``("color_aug", o)`` → ``("color_aug", o, 0)``,
+    ``"K"`` → ``("K", 0)``; ground truth keys are kept as they are.
+    """
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out: dict[Any, Any] = {}
+    for key, value in items.items():
+        if isinstance(key, tuple) and key[0] in ("color", "color_aug"):
+            out[(key[0], key[1], 0)] = value.to(device, non_blocking=True).contiguous(memory_format=fmt)
+        elif key == "K":
+            out[("K", 0)] = value.to(device, non_blocking=True)
+        elif isinstance(value, torch.Tensor):
+            out[key] = value.to(device, non_blocking=True)
+        else:
+            out[key] = value
+    return out
+
+
+class _SeededClips(Dataset):
+    """Makes a clip's random augmentation a function of ``(seed, epoch, index)`` only."""
+
+    def __init__(self, dataset: ClipDataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[Any, Any]:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 10_007 + int(index)) % (2**63 - 1))
+            return self.dataset[index]
+
+
+class _EpochSampler(Sampler[int]):
+    """The share of one rank of a seeded permutation of the epoch, from position ``start`` on."""
+
+    def __init__(self, n: int, seed: int, epoch: int, batch: int, rank: int, world: int, start_batch: int) -> None:
+        g = torch.Generator().manual_seed(seed * 7919 + epoch)
+        perm = torch.randperm(n, generator=g).tolist()
+        per_rank = (n // (batch * world)) * batch  # drop the ragged tail so every rank has equal steps
+        mine = perm[rank * per_rank : (rank + 1) * per_rank]
+        self.indices = mine[start_batch * batch :]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+# ---------------------------------------------------------------------------------------
+# Trainer
+# ---------------------------------------------------------------------------------------
+class Trainer:
+    """Owns the model, optimiser, schedule, data and run directory of one training run."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        bags: list[str],
+        out_dir: str | Path,
+        data_cfg: DataConfig | None = None,
+        resume: bool = False,
+        progress: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.tc = TrainSection.coerce(cfg.extra.get("train"))
+        self.data_cfg = data_cfg or DataConfig.coerce(cfg.extra.get("data"))
+        self.out = Path(out_dir)
+        self.dist = distributed.init(self.tc.device)
+        self.device = self.dist.device
+        self.cuda = self.device.type == "cuda"
+        torch.manual_seed(cfg.optim.seed)
+        np.random.seed(cfg.optim.seed)
+
+        self.layout = clip_layout(cfg)
+        offsets = sorted(self.layout.frames)
+        if sorted(self.data_cfg.frame_offsets) != offsets:
+            self.data_cfg = dataclasses.replace(self.data_cfg, frame_offsets=offsets)
+        self._check_run_dir(resume)
+
+        # Decode once on rank 0 (it fills the cache); the others then read the cache.
+        if self.dist.enabled and not self.dist.is_main:
+            torch.distributed.barrier()
+        stores = load_stores(bags, self.data_cfg, cfg.input.width, cfg.input.height, progress=progress)
+        if self.dist.enabled and self.dist.is_main:
+            torch.distributed.barrier()
+        self.train_set = ClipDataset(stores, self.data_cfg, "train")
+        self.val_set = ClipDataset(stores, self.data_cfg, "val")
+        self.stores = stores
+
+        bs = cfg.optim.batch_size
+        self.steps_per_epoch = len(self.train_set) // (bs * self.dist.world_size)
+        if self.steps_per_epoch == 0:
+            raise DualDepthError(
+                f"{len(self.train_set)} training clips are fewer than one batch of {bs} × {self.dist.world_size} "
+                f"process(es); lower optim.batch_size or record more data:\n{self.train_set.describe()}"
+            )
+        self.total_steps = self.tc.max_steps or cfg.optim.epochs * self.steps_per_epoch
+
+        self.model = DepthModel(cfg).to(self.device)
+        if self.cuda and self.tc.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.loss_fn = SelfSupervisedLoss(cfg)
+        self.optimizer = self._optimizer()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        amp_dtype = torch.bfloat16 if self.cuda and torch.cuda.is_bf16_supported() else torch.float16
+        self.amp = self.cuda and self.tc.amp
+        self.amp_dtype = amp_dtype
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and amp_dtype == torch.float16)
+        self.step = 0
+        self.metrics: dict[str, Any] = {}
+        self.history: list[dict[str, Any]] = []
+        if resume:
+            self._load(self.out / "last.pt")
+        self.net: torch.nn.Module = self.model
+        if self.dist.enabled:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.cuda else None, find_unused_parameters=True
+            )
+        if self.cuda and self.tc.compile:
+            self.net = torch.compile(self.net)
+        self._stop = False
+
+    # -- setup helpers ---------------------------------------------------------------------
+    def _check_run_dir(self, resume: bool) -> None:
+        last = self.out / "last.pt"
+        if resume and not last.exists():
+            raise DualDepthError(f"--resume: no checkpoint to resume in {self.out} (expected {last})")
+        if not resume and last.exists():
+            raise DualDepthError(
+                f"{self.out} already holds a run ({last}); pass --resume to continue it or choose another --out"
+            )
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if o.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=o.learning_rate, weight_decay=o.weight_decay)
+        return torch.optim.Adam(params, lr=o.learning_rate, weight_decay=o.weight_decay)
+
+    def _lr_factor(self, step: int) -> float:
+        """Warm-up, then monodepth2's step decay at ``lr_step_epochs/epochs`` of the run."""
+        o, tc = self.cfg.optim, self.tc
+        factor = min(1.0, (step + 1) / tc.lr_warmup_steps) if tc.lr_warmup_steps else 1.0
+        milestone = math.ceil(self.total_steps * o.lr_step_epochs / max(o.epochs, 1))
+        return factor * (o.lr_gamma if step >= milestone else 1.0)
+
+    def _loader(self, epoch: int, start_batch: int) -> DataLoader:
+        tc, bs = self.tc, self.cfg.optim.batch_size
+        workers = tc.num_workers if tc.num_workers >= 0 else max(0, min(4, (os.cpu_count() or 1) - 1))
+        seeded = _SeededClips(self.train_set, self.cfg.optim.seed)
+        seeded.epoch = epoch
+        sampler = _EpochSampler(
+            len(self.train_set), self.cfg.optim.seed, epoch, bs, self.dist.rank, self.dist.world_size, start_batch
+        )
+        return DataLoader(
+            seeded,
+            batch_size=bs,
+            sampler=sampler,
+            num_workers=workers,
+            drop_last=True,
+            pin_memory=self.cuda,
+            persistent_workers=False,
+            # The loader draws its workers' base seed from this generator, not from the global RNG
+            # (which would shift the training stream every time a resumed run creates a loader).
+            generator=torch.Generator().manual_seed(self.cfg.optim.seed * 31 + epoch),
+        )
+
+    # -- state -----------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return make_checkpoint(
+            self.model,
+            self.cfg,
+            self.data_cfg,
+            step=self.step,
+            epoch=self.step // self.steps_per_epoch,
+            total_steps=self.total_steps,
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(),
+            rng=rng_state(),
+            metrics=self.metrics,
+            history=self.history,
+            world_size=self.dist.world_size,
+        )
+
+    def save(self, name: str = "last.pt") -> Path | None:
+        if not self.dist.is_main:
+            return None
+        return atomic_save(self.state(), self.out / name)
+
+    def _load(self, path: Path) -> None:
+        ckpt = load_checkpoint(path, map_location=self.device)
+        mine = _method_signature(make_checkpoint(self.model, self.cfg, self.data_cfg)["config"])
+        theirs = _method_signature(ckpt.get("config", {}))
+        if mine != theirs:
+            changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise DualDepthError(
+                f"{path} was trained with another configuration (sections that differ: {', '.join(changed)}); "
+                "resume with the same --config/--set/topics, or start a new --out"
+            )
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.step = int(ckpt["step"])
+        self.metrics = dict(ckpt.get("metrics", {}))
+        self.history = list(ckpt.get("history", []))
+        set_rng_state(ckpt["rng"])
+
+    # -- one step --------------------------------------------------------------------------
+    def train_step(self, items: Mapping[Any, Any]) -> dict[str, float]:
+        batch = to_model_batch(items, self.device, self.cuda and self.tc.channels_last)
+        self.net.train()
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            outputs = self.net(batch)
+            total, terms = self.loss_fn(batch, outputs)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.tc.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self._last = (batch, outputs)
+        logged = {"total": float(total.detach())}
+        logged.update({k: float(v.detach().float().mean()) for k, v in terms.items()})
+        return logged
+
+    # -- validation ------------------------------------------------------------------------
+    def validate(self) -> dict[str, Any]:
+        """Photometric validation loss (works without ground truth) + GT metrics when GT exists.
+
+        Runs on forked RNG states so that validating never changes the training run's random
+        stream (a resumed run stays identical to an uninterrupted one).
+        """
+        devices = [self.device.index or 0] if self.cuda else []
+        with torch.random.fork_rng(devices=devices), torch.inference_mode():
+            return self._validate()
+
+    def _validate(self) -> dict[str, Any]:
+        self.model.eval()
+        out: dict[str, Any] = {}
+        n = len(self.val_set)
+        if n:
+            limit = min(n, self.tc.val_max_clips or n)
+            idx = np.linspace(0, n - 1, limit).round().astype(int)
+            sums: dict[str, float] = {}
+            bs = self.cfg.optim.batch_size
+            for start in range(0, limit, bs):
+                items = [self.val_set[int(i)] for i in idx[start : start + bs]]
+                batch = to_model_batch(torch.utils.data.default_collate(items), self.device)
+                outputs = self.model(batch)
+                total, terms = self.loss_fn(batch, outputs)
+                k = len(items)
+                sums["total"] = sums.get("total", 0.0) + float(total) * k
+                for name, v in terms.items():
+                    sums[name] = sums.get(name, 0.0) + float(v.float().mean()) * k
+            out["val_loss"] = {k: v / limit for k, v in sums.items()}
+            out["val_clips"] = int(limit)
+        gt = self._validate_gt()
+        if gt:
+            out["val_gt"] = gt
+        return out
+
+    def _validate_gt(self) -> dict[str, Any]:
+        """Standard depth metrics, AUSE/AURG and temporal stability on the validation frames."""
+        try:
+            from ..evaluate import evaluate_sequence  # the same code as `dualdepth eval`
+        except ImportError:
+            return {}
+        from ..data import FrameSequence
+        from .checkpoint import LoadedModel
+
+        frames = []
+        for store in self.stores:
+            if store.gt_depth is None:
+                continue
+            seq = FrameSequence(store)
+            val_idx = _val_frame_indices(self.val_set, store)
+            frames.extend(seq[i] for i in val_idx)
+        if not frames:
+            return {}
+        loaded = LoadedModel(model=self.model, cfg=self.cfg, data=self.data_cfg, checkpoint={})
+        result = evaluate_sequence(loaded, frames, device=self.device)
+        report = getattr(result, "report", result)
+        return report.summary()
+
+    # -- the loop --------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        tc = self.tc
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            (self.out / "config.json").write_text(json.dumps(self.state()["config"], indent=2, default=str))
+        log = RunLogger(self.out, self.total_steps, self.step, enabled=self.dist.is_main)
+        n_depth = count_parameters(self.model.depth)
+        n_pose = count_parameters(self.model.pose)
+        log.write(
+            f"training {self.cfg.input.width}x{self.cfg.input.height}: {len(self.train_set)} train / "
+            f"{len(self.val_set)} val clips, {self.steps_per_epoch} steps/epoch, {self.total_steps} steps, "
+            f"depth net {n_depth / 1e6:.2f} M params, pose net {n_pose / 1e6:.2f} M, device {self.device}"
+            + (f" × {self.dist.world_size} processes" if self.dist.enabled else "")
+            + (f", resuming at step {self.step}" if self.step else "")
+        )
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def request_stop(signum: int, frame: Any) -> None:
+            self._stop = True
+            log.write(f"signal {signum}: stopping after this step and saving a checkpoint")
+
+        for s in previous:
+            signal.signal(s, request_stop)
+        t0, last_t, last_step = time.monotonic(), time.monotonic(), self.step
+        try:
+            while self.step < self.total_steps and not self._stop:
+                epoch, start_batch = divmod(self.step, self.steps_per_epoch)
+                for items in self._loader(epoch, start_batch):
+                    logged = self.train_step(items)
+                    self.step += 1
+                    if not math.isfinite(logged["total"]):
+                        raise DualDepthError(f"the loss became {logged['total']} at step {self.step}; see {self.out}")
+                    log.progress(1, loss=logged["total"])
+                    if self.step % tc.log_every == 0 or self.step == self.total_steps:
+                        now = time.monotonic()
+                        logged["lr"] = self.scheduler.get_last_lr()[0]
+                        logged["clips_per_s"] = (
+                            (self.step - last_step) * self.cfg.optim.batch_size * self.dist.world_size
+                        ) / max(now - last_t, 1e-9)
+                        last_t, last_step = now, self.step
+                        log.scalars(self.step, logged)
+                    if tc.image_every and self.step % tc.image_every == 0:
+                        self._log_images(log)
+                    end_of_epoch = self.step % self.steps_per_epoch == 0
+                    if end_of_epoch or (tc.val_every and self.step % tc.val_every == 0):
+                        self._run_validation(log)
+                    if end_of_epoch or self.step % tc.checkpoint_every == 0:
+                        self.save()
+                    if self.step >= self.total_steps or self._stop:
+                        break
+            if self.step >= self.total_steps and not self.metrics.get("final"):
+                self._run_validation(log, final=True)
+            self.save()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            log.close()
+        elapsed = time.monotonic() - t0
+        if self._stop and self.step < self.total_steps:
+            log.write(f"stopped at step {self.step}/{self.total_steps}; continue with --resume")
+        summary = {"step": self.step, "total_steps": self.total_steps, "seconds": elapsed, **self.metrics}
+        if self.dist.is_main:
+            (self.out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
+        return summary
+
+    def _run_validation(self, log: RunLogger, final: bool = False) -> None:
+        if not self.dist.is_main:
+            return
+        metrics = self.validate()
+        self.metrics = {"step": self.step, **metrics, **({"final": True} if final else {})}
+        self.history.append({"step": self.step, **metrics})
+        flat: dict[str, float] = {}
+        for k, v in metrics.get("val_loss", {}).items():
+            flat[f"loss/{k}"] = v
+        for k, v in _flatten(metrics.get("val_gt", {})).items():
+            flat[k] = v
+        log.scalars(self.step, flat, prefix="val")
+        parts = [f"val @ {self.step}: photometric loss {metrics.get('val_loss', {}).get('total', float('nan')):.4f}"]
+        gt = _flatten(metrics.get("val_gt", {}))
+        for key in ("depth/abs_rel", "depth/a1", "confidence/abs_rel/ause", "confidence/abs_rel/aurg"):
+            hits = [k for k in gt if k.endswith(key)]
+            if hits:
+                parts.append(f"{key} {gt[hits[0]]:.4f}")
+        log.write(", ".join(parts))
+
+    def _log_images(self, log: RunLogger) -> None:
+        if not self.dist.is_main or not hasattr(self, "_last"):
+            return
+        batch, outputs = self._last
+        tgt = self.layout.target
+        log.image(
+            self.step, "image", (batch[("color", tgt, 0)][0].detach().float().cpu().numpy() * 255).astype(np.uint8)
+        )
+        log.image(self.step, "depth_fused", colorize_inverse_depth(outputs[("depth_fused", tgt, 0)][0, 0]))
+        for b in range(self.cfg.model.num_branches):
+            key = ("conf", tgt, b, 0)
+            if key in outputs:
+                log.image(self.step, f"confidence_branch{b}", colorize_inverse_depth(outputs[key][0, 0], conf=True))
+
+
+def _val_frame_indices(val_set: ClipDataset, store: Any) -> list[int]:
+    """Frame indices of ``store`` that are the centre of a validation clip, in time order."""
+    centre = val_set.offsets.index(0)
+    idx = sorted(
+        {int(frames[centre]) for i in range(len(val_set)) for s, frames in [val_set.clip_frames(i)] if s is store}
+    )
+    return idx
+
+
+def _method_signature(cfg_dict: Mapping[str, Any]) -> dict[str, str]:
+    """Per section, the canonical JSON of everything but the loop mechanics (``train:``), which may
+    change on resume (e.g. a larger ``max_steps``).
+    """
+    return {k: json.dumps(v, sort_keys=True, default=str) for k, v in cfg_dict.items() if k != "train"}
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    flat: dict[str, float] = {}
+    for k, v in d.items():
+        key = f"{prefix}/{k}" if prefix else str(k)
+        if isinstance(v, Mapping):
+            flat.update(_flatten(v, key))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            flat[key] = float(v)
+    return flat
+
+
+def train(
+    bags: list[str],
+    out_dir: str | Path,
+    config_paths: list[str],
+    overrides: list[str],
+    data_overrides: Mapping[str, Any] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Load the config, build a :class:`Trainer` and run it; returns the final summary."""
+    cfg = load_config(*config_paths, overrides=overrides).validate()
+    data_cfg = DataConfig.coerce(cfg.extra.get("data"))
+    if data_overrides:
+        data_cfg = dataclasses.replace(data_cfg, **{k: v for k, v in data_overrides.items() if v is not None})
+        data_cfg.validate()
+    trainer = Trainer(cfg, bags, out_dir, data_cfg=data_cfg, resume=resume, progress=progress)
+    try:
+        return trainer.fit()
+    finally:
+        distributed.shutdown()

@@ -1,0 +1,108 @@
+"""`dualdepth pack` (the shipped model file) and `dualdepth ablate` (the ablation table)."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dualdepth_ros.training.checkpoint import load_checkpoint, model_from_checkpoint
+
+#: Budget stacked on every ablation variant in the test: tiny networks, one step.
+TINY_BUDGET = {
+    "input": {"width": 96, "height": 32},
+    "model": {"encoder": "resnet10", "encoder_width": 8, "decoder_channels": [8, 8, 16, 16, 16]},
+    "pose": {"encoder": "resnet10", "encoder_width": 8},
+    "optim": {"batch_size": 2},
+    "train": {"max_steps": 1, "num_workers": 0, "val_every": 0, "image_every": 0},
+}
+
+
+@pytest.fixture()
+def env(tmp_path: Path) -> dict[str, str]:
+    e = os.environ.copy()
+    e["DUALDEPTH_CACHE"] = str(tmp_path / "cache")
+    return e
+
+
+def run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_pack_strips_training_state_and_keeps_outputs(
+    sample_bag: Path, tmp_path: Path, dualdepth_exe: list[str], env: dict[str, str]
+) -> None:
+    budget = tmp_path / "budget.yaml"
+    budget.write_text(yaml.safe_dump(TINY_BUDGET))
+    run(
+        dualdepth_exe
+        + [
+            "train",
+            "--bag",
+            str(sample_bag),
+            "--out",
+            str(tmp_path / "run"),
+            "--config",
+            "config/train.yaml",
+            "--config",
+            str(budget),
+            "--no-progress",
+        ],
+        env,
+    )
+    run(
+        dualdepth_exe
+        + ["pack", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--out", str(tmp_path / "model.pt")],
+        env,
+    )
+    full, packed = load_checkpoint(tmp_path / "run" / "last.pt"), load_checkpoint(tmp_path / "model.pt")
+    assert "optimizer" not in packed and "rng" not in packed and packed["weights_dtype"] == "float16"
+    assert all(v.dtype != torch.float32 for v in packed["model"].values())
+    assert packed["input"] == full["input"] and packed["config"] == full["config"]
+    assert (tmp_path / "model.pt").stat().st_size < 0.5 * (tmp_path / "run" / "last.pt").stat().st_size
+    x = torch.rand(1, 3, 32, 96)
+    with torch.inference_mode():
+        a = model_from_checkpoint(full).depth_net(x)[("depth_fused", 0)]
+        b = model_from_checkpoint(packed).depth_net(x)[("depth_fused", 0)]
+    assert torch.allclose(a, b, rtol=2e-2, atol=1e-3)
+
+
+def test_ablate_writes_the_table_and_skips_finished_variants(
+    sample_bag: Path, tmp_path: Path, dualdepth_exe: list[str], env: dict[str, str]
+) -> None:
+    budget = tmp_path / "budget.yaml"
+    budget.write_text(yaml.safe_dump(TINY_BUDGET))
+    cmd = dualdepth_exe + [
+        "ablate",
+        "--bag",
+        str(sample_bag),
+        "--heldout",
+        str(sample_bag),
+        "--out",
+        str(tmp_path / "abl"),
+        "--budget",
+        str(budget),
+        "--only",
+        "monodepth2",
+        "--only",
+        "full",
+        "--table",
+        str(tmp_path / "ablation.md"),
+        "--json",
+        str(tmp_path / "ablation.json"),
+        "--no-progress",
+    ]
+    first = run(cmd, env)
+    assert "[monodepth2] training" in first.stdout and "[full] training" in first.stdout
+    table = (tmp_path / "ablation.md").read_text().splitlines()
+    rows = [line for line in table if line.startswith("| single-branch") or line.startswith("| two-branch")]
+    assert len(rows) == 2
+    baseline, full = (r.split("|")[2:7] for r in rows)
+    float(baseline[0]), float(full[0])  # AbsRel is a number for both
+    assert baseline[2].strip() == "—" and float(full[2]) >= 0  # no confidence → no AUSE for the baseline
+    second = run(cmd, env)
+    assert "training" not in second.stdout  # finished variants are only re-evaluated

@@ -1,0 +1,165 @@
+"""The trainer on the committed sample drive: exact resume, interruption, DDP (gloo), errors."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dualdepth_ros.config import DEFAULT_CONFIG, load_config
+from dualdepth_ros.errors import DualDepthError
+from dualdepth_ros.training.checkpoint import load_checkpoint, model_from_checkpoint
+from dualdepth_ros.training.trainer import Trainer
+
+#: A tiny but complete two-branch configuration (every loss term on) that trains in seconds.
+TINY = [
+    "input.width=96",
+    "input.height=32",
+    "model.encoder=resnet10",
+    "model.encoder_width=8",
+    "model.decoder_channels=[8,8,16,16,16]",
+    "pose.encoder=resnet10",
+    "pose.encoder_width=8",
+    "optim.batch_size=2",
+    "train.num_workers=0",
+    "train.log_every=1",
+    "train.image_every=2",
+    "train.checkpoint_every=100",
+    "train.val_max_clips=4",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def frame_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One decoded-frame cache for the module (decode the sample once), outside the user's home."""
+    old = os.environ.get("DUALDEPTH_CACHE")
+    os.environ["DUALDEPTH_CACHE"] = str(tmp_path_factory.mktemp("frame_cache"))
+    yield
+    if old is None:
+        os.environ.pop("DUALDEPTH_CACHE")
+    else:
+        os.environ["DUALDEPTH_CACHE"] = old
+
+
+def tiny_cfg(*extra: str):
+    return load_config(DEFAULT_CONFIG, overrides=TINY + list(extra))
+
+
+def params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_resume_after_interrupt_is_exact(sample_bag: Path, tmp_path: Path) -> None:
+    steps = 2
+    straight = Trainer(tiny_cfg(f"train.max_steps={steps}"), [str(sample_bag)], tmp_path / "a", progress=False)
+    straight.fit()
+    reference = params(straight.model)
+
+    class Interrupted(Trainer):
+        def train_step(self, items):  # the real SIGINT handler stops the run after this step
+            out = super().train_step(items)
+            if self.step == 0:  # incremented by the loop after this returns: stop at step 1
+                os.kill(os.getpid(), signal.SIGINT)
+            return out
+
+    first = Interrupted(tiny_cfg(f"train.max_steps={steps}"), [str(sample_bag)], tmp_path / "b", progress=False)
+    summary = first.fit()
+    assert summary["step"] == 1
+    ckpt = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert ckpt["step"] == 1 and not list((tmp_path / "b").glob(".last.pt.*"))  # no half-written file
+
+    resumed = Trainer(
+        tiny_cfg(f"train.max_steps={steps}"), [str(sample_bag)], tmp_path / "b", resume=True, progress=False
+    )
+    assert resumed.step == 1
+    resumed.fit()
+    for k, v in params(resumed.model).items():
+        assert torch.equal(v, reference[k]), f"{k} differs after resume"
+    final = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert final["step"] == steps
+    # The checkpoint records what is needed to rebuild the model and its input pipeline.
+    assert final["input"] == {"width": 96, "height": 32, "resize_mode": "resize"}
+    assert "optical frame" in final["intrinsics_convention"]
+    loaded = model_from_checkpoint(tmp_path / "b" / "last.pt")
+    out = loaded.depth_net(torch.rand(1, 3, 32, 96))
+    assert out[("depth_fused", 0)].shape == (1, 1, 32, 96)
+    assert (tmp_path / "b" / "tb").is_dir() and any((tmp_path / "b" / "tb").iterdir())
+    assert (tmp_path / "b" / "metrics.json").exists()
+
+
+def test_run_dir_and_resume_errors(sample_bag: Path, tmp_path: Path) -> None:
+    with pytest.raises(DualDepthError, match="no checkpoint to resume"):
+        Trainer(tiny_cfg("train.max_steps=1"), [str(sample_bag)], tmp_path / "r", resume=True, progress=False)
+    Trainer(tiny_cfg("train.max_steps=1"), [str(sample_bag)], tmp_path / "r", progress=False).fit()
+    with pytest.raises(DualDepthError, match="already holds a run"):
+        Trainer(tiny_cfg("train.max_steps=2"), [str(sample_bag)], tmp_path / "r", progress=False)
+    with pytest.raises(DualDepthError, match="another configuration"):
+        Trainer(
+            tiny_cfg("train.max_steps=2", "loss.structure.weight=0.25"),
+            [str(sample_bag)],
+            tmp_path / "r",
+            resume=True,
+            progress=False,
+        )
+    # A larger step budget is a change of loop mechanics only: resuming is allowed.
+    t = Trainer(tiny_cfg("train.max_steps=2"), [str(sample_bag)], tmp_path / "r", resume=True, progress=False)
+    assert t.step == 1 and t.total_steps == 2
+
+
+def test_cli_missing_topic_is_a_clear_error(sample_bag: Path, tmp_path: Path, dualdepth_exe: list[str]) -> None:
+    proc = subprocess.run(
+        dualdepth_exe
+        + [
+            "train",
+            "--bag",
+            str(sample_bag),
+            "--out",
+            str(tmp_path / "x"),
+            "--image-topic",
+            "/nope",
+            "--max-steps",
+            "1",
+        ]
+        + [a for s in TINY for a in ("--set", s)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "/nope" in proc.stderr and "/camera/image_raw" in proc.stderr  # lists what the bag has
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "x" / "last.pt").exists()
+
+
+def test_ddp_two_cpu_processes_gloo(sample_bag: Path, tmp_path: Path) -> None:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.fail(f"torchrun is missing next to {sys.executable}")
+    cmd = [
+        str(torchrun),
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "dualdepth_ros.cli",
+        "train",
+        "--bag",
+        str(sample_bag),
+        "--out",
+        str(tmp_path / "ddp"),
+        "--max-steps",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ] + [a for s in TINY for a in ("--set", s)]
+    env = os.environ.copy()
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ckpt = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    assert ckpt["world_size"] == 2 and ckpt["step"] == 2
+    assert "× 2 processes" in proc.stdout + proc.stderr
