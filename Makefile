@@ -67,9 +67,11 @@ test: setup build lint
 	$(VENV)/bin/pytest -q -ra --durations=10
 
 demo: setup
+	@test -f $(MODEL) || { echo "$(MODEL) is missing: restore it from git or rebuild it with 'make train'"; exit 1; }
 	@rm -rf $(DEMO_DIR)
-	$(VENV)/bin/dualdepth make-sample --out $(DEMO_DIR)/drive --frames 40 --width 320 --height 96 --seed 7
-	@echo "demo output in $(DEMO_DIR)"
+	$(VENV)/bin/dualdepth eval --checkpoint $(MODEL) --bag test/data/sample_drive \
+	  --plots $(DEMO_DIR) --json $(DEMO_DIR)/eval.json
+	@echo "demo output: $(DEMO_DIR)/mosaic.png (image | depth | confidence), $(DEMO_DIR)/sparsification_abs_rel.png"
 
 sample: setup
 	$(VENV)/bin/dualdepth make-sample --out test/data/sample_drive --overwrite --frames 100 --width 320 --height 96 --seed 1 --format mcap

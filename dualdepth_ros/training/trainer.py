@@ -466,10 +466,15 @@ class Trainer:
         log.scalars(self.step, flat, prefix="val")
         parts = [f"val @ {self.step}: photometric loss {metrics.get('val_loss', {}).get('total', float('nan')):.4f}"]
         gt = _flatten(metrics.get("val_gt", {}))
-        for key in ("depth/abs_rel", "depth/a1", "confidence/abs_rel/ause", "confidence/abs_rel/aurg"):
-            hits = [k for k in gt if k.endswith(key)]
-            if hits:
-                parts.append(f"{key} {gt[hits[0]]:.4f}")
+        for key, label in (
+            ("median_scaled/abs_rel", "AbsRel"),
+            ("median_scaled/a1", "δ<1.25"),
+            ("confidence/ause/abs_rel", "AUSE"),
+            ("confidence/aurg/abs_rel", "AURG"),
+            ("temporal/ratio", "temporal ratio"),
+        ):
+            if key in gt:
+                parts.append(f"{label} {gt[key]:.4f}")
         log.write(", ".join(parts))
 
     def _log_images(self, log: RunLogger) -> None:
