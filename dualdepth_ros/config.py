@@ -135,6 +135,7 @@ class PhotometricConfig:
     automask: bool = True
     automask_noise: float = 1e-5
     bidirectional: bool = True
+    checkpoint: bool = True
 
 
 @dataclasses.dataclass

@@ -83,12 +83,14 @@ Terms, their sources and which depth they use
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from .geometry import (
     WarpResult,
@@ -586,7 +588,11 @@ class _Context:
         return _resize(self.batch[("color", f, 0)], size, "area")
 
     def pe(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return photometric_error(pred, target, **self.pe_kwargs)
+        fn = functools.partial(photometric_error, **self.pe_kwargs)
+        if self.lc.photometric.checkpoint and torch.is_grad_enabled() and (pred.requires_grad or target.requires_grad):
+            # Keep only the inputs; recompute SSIM's ~20 full-resolution intermediates in backward.
+            return torch.utils.checkpoint.checkpoint(fn, pred, target, use_reentrant=False)
+        return fn(pred, target)
 
     def identity(self, g: int, sources: Sequence[int], mode: str | None = None) -> torch.Tensor | None:
         """Auto-mask identity error of grid ``g``: selected ``pe(I_g, I_s)`` + 1e-5 noise (cached)."""
@@ -815,12 +821,23 @@ def _grid_maps(
     for g, sources in ctx.layout.branch_grids:
         es, vs = [], []
         for r in sources:
-            w = warp(ctx.color(r), depth[g], ctx.T(g, r), ctx.K)
-            es.append(ctx.pe(w.image, ctx.color(g)))
-            vs.append(w.valid)
+            fn = functools.partial(_warp_error, ctx, ctx.color(r), ctx.color(g))
+            if ctx.lc.photometric.checkpoint and torch.is_grad_enabled():
+                e, v = torch.utils.checkpoint.checkpoint(fn, depth[g], ctx.T(g, r), use_reentrant=False)
+            else:
+                e, v = fn(depth[g], ctx.T(g, r))
+            es.append(e)
+            vs.append(v)
         errors.append(es)
         valids.append(vs)
     return errors, valids
+
+
+def _warp_error(
+    ctx: _Context, source: torch.Tensor, target: torch.Tensor, depth: torch.Tensor, T: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    w = warp(source, depth, T, ctx.K)
+    return photometric_error(w.image, target, **ctx.pe_kwargs), w.valid
 
 
 def _two_branch(ctx: _Context, s: int) -> tuple[torch.Tensor, ...]:

@@ -33,18 +33,6 @@ from dualdepth_ros.losses import (
 )
 from dualdepth_ros.networks import DepthModel, fuse_branches
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP barriers under contention make
-    small tensor ops 10–30× slower with 2 threads. Restored after each test.
-    """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---------------------------------------------------------------------------------------
 # A hand-made scene
 # ---------------------------------------------------------------------------------------

@@ -23,17 +23,6 @@ from dualdepth_ros.networks import (
 SMALL = dict(encoder="resnet10", encoder_width=16, decoder_channels=(8, 16, 16, 32, 32))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP barriers under contention make
-    small tensor ops 10–30× slower with 2 threads. Restored after each test.
-    """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_depth_outputs_at_four_scales_in_range() -> None:
     torch.manual_seed(0)
     net = DepthNet(**SMALL)
