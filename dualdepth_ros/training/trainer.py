@@ -447,7 +447,12 @@ class Trainer:
         elapsed = time.monotonic() - t0
         if self._stop and self.step < self.total_steps:
             log.write(f"stopped at step {self.step}/{self.total_steps}; continue with --resume")
-        summary = {"step": self.step, "total_steps": self.total_steps, "seconds": elapsed, **self.metrics}
+        summary = {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "seconds": elapsed,
+            "last_validation": self.metrics,
+        }
         if self.dist.is_main:
             (self.out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
         return summary
