@@ -29,11 +29,13 @@ import json
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
 from .errors import DualDepthError
+
+_T = TypeVar("_T")
 
 __all__ = [
     "ConfigError",
@@ -55,6 +57,7 @@ __all__ = [
     "DEFAULT_CONFIG",
     "resolve_config",
     "register_section",
+    "coerce_section",
     "load_config",
     "config_from_dict",
     "config_to_dict",
@@ -260,6 +263,22 @@ class Config:
 
 
 _SECTIONS: dict[str, type] = {}
+
+
+def coerce_section(cls: type[_T], value: Any, name: str) -> _T:
+    """An instance of section dataclass ``cls`` from itself, a mapping or None (the defaults).
+
+    Unknown keys are an error naming the section (``name``) and listing the known keys.
+    """
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - names)
+    if unknown:
+        raise ConfigError(f"{name}: unknown key(s) {unknown}; known: {sorted(names)}")
+    return cls(**value)
 
 
 def register_section(name: str, cls: type) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..config import coerce_section
 from ..errors import DualDepthError
 from ..geometry import Intrinsics, relative_pose
 from ..preprocess import RESIZE_MODES, Preprocessor
@@ -114,15 +115,7 @@ class DataConfig:
     @classmethod
     def coerce(cls, value: DataConfig | dict[str, Any] | None) -> DataConfig:
         """A :class:`DataConfig` from itself, a mapping (unknown keys are an error) or None."""
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(value) - names)
-        if unknown:
-            raise DualDepthError(f"data: unknown key(s) {unknown}; known: {sorted(names)}")
-        return cls(**value)
+        return coerce_section(cls, value, "data")
 
     def preprocessor(self, width: int, height: int) -> Preprocessor:
         """The :class:`Preprocessor` for a model input of ``width × height``."""

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..config import Config, load_config, register_section
+from ..config import Config, coerce_section, load_config, register_section
 from ..data import ClipDataset, DataConfig, load_stores
 from ..errors import DualDepthError
 from ..losses import SelfSupervisedLoss, clip_layout
@@ -75,15 +75,7 @@ class TrainSection:
 
     @classmethod
     def coerce(cls, value: Any) -> TrainSection:
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(value) - names)
-        if unknown:
-            raise DualDepthError(f"train: unknown key(s) {unknown}; known: {sorted(names)}")
-        return cls(**value)
+        return coerce_section(cls, value, "train")
 
 
 register_section("train", TrainSection)
