@@ -65,11 +65,10 @@ def _measure(bag: str, configs: list[str], size: tuple[int, int], args: argparse
         cuda = trainer.cuda
         times = []
         for i in range(warm + args.steps):
-            items = next(loader)
             if cuda:
                 torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            trainer.train_step(items)
+            t0 = time.perf_counter()  # from loading the batch (cached frames, augmentation) to the update
+            trainer.train_step(next(loader))
             if cuda:
                 torch.cuda.synchronize()
             if i >= warm:
