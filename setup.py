@@ -30,7 +30,6 @@ setup(
     description="Self-supervised two-branch monocular depth for ROS 2 cameras.",
     license="Apache-2.0",
     python_requires=">=3.10",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "dualdepth = dualdepth_ros.cli:main",
