@@ -48,7 +48,7 @@ $(STAMP): requirements.txt requirements-pip.txt setup.py
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv; fi; \
 	fi
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@echo "installing pinned dependencies into $(VENV) (first run downloads ~1 GB; later runs are no-ops)"
+	@echo "installing pinned dependencies into $(VENV) (the first run downloads them; later runs are no-ops)"
 	@$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | $(PIP_FILTER)
 	@$(PY) -m pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | $(PIP_FILTER)
 	@$(PY) -c 'import torch, rclpy, sensor_msgs.msg, rosbags, cv2, onnxruntime' \
