@@ -11,7 +11,7 @@ import torch
 
 from dualdepth_ros.config import DEFAULT_CONFIG, load_config
 from dualdepth_ros.errors import DualDepthError
-from dualdepth_ros.training.checkpoint import load_checkpoint, model_from_checkpoint
+from dualdepth_ros.training.checkpoint import atomic_save, load_checkpoint, model_from_checkpoint
 from dualdepth_ros.training.trainer import Trainer
 
 #: A tiny but complete two-branch configuration (every loss term on) that trains in seconds.
@@ -104,6 +104,10 @@ def test_run_dir_and_resume_errors(sample_bag: Path, tmp_path: Path) -> None:
             resume=True,
             progress=False,
         )
+    # A checkpoint written before a config key existed resumes: the key takes its default.
+    ckpt = load_checkpoint(tmp_path / "r" / "last.pt")
+    del ckpt["config"]["loss"]["photometric"]["checkpoint"]
+    atomic_save(ckpt, tmp_path / "r" / "last.pt")
     # A larger step budget is a change of loop mechanics only: resuming is allowed.
     t = Trainer(tiny_cfg("train.max_steps=2"), [str(sample_bag)], tmp_path / "r", resume=True, progress=False)
     assert t.step == 1 and t.total_steps == 2

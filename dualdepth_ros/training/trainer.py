@@ -29,7 +29,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..config import Config, coerce_section, load_config, register_section
+from ..config import (
+    Config,
+    coerce_section,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    register_section,
+)
 from ..data import ClipDataset, DataConfig, load_stores
 from ..errors import DualDepthError
 from ..losses import SelfSupervisedLoss, clip_layout
@@ -499,10 +506,19 @@ def _val_frame_indices(val_set: ClipDataset, store: Any) -> list[int]:
 
 
 def _method_signature(cfg_dict: Mapping[str, Any]) -> dict[str, str]:
-    """Per section, the canonical JSON of everything but the loop mechanics (``train:``), which may
-    change on resume (e.g. a larger ``max_steps``).
+    """Per section, the canonical JSON of a checkpoint's config read through the current schema.
+
+    Reading it through the schema gives keys added since the checkpoint was written their
+    defaults, so a run resumes after such an addition; every value the run was trained with
+    must still be equal. The loop mechanics (``train:``, e.g. ``max_steps``) may change.
     """
-    return {k: json.dumps(v, sort_keys=True, default=str) for k, v in cfg_dict.items() if k != "train"}
+    d = dict(cfg_dict)
+    data = d.pop("data", None)
+    d.pop("train", None)
+    norm = config_to_dict(config_from_dict(d))
+    norm["data"] = dataclasses.asdict(DataConfig.coerce(data))
+    norm.pop("train", None)
+    return {k: json.dumps(v, sort_keys=True, default=str) for k, v in norm.items()}
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
