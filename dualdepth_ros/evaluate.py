@@ -62,6 +62,7 @@ from .evaluation import (
 from .geometry import invert_pose, pose_vec_to_mat
 
 __all__ = [
+    "ConstantDepthNet",
     "Example",
     "EvaluationResult",
     "evaluate_sequence",
@@ -646,6 +647,21 @@ def resolve_gt_topics(
 # ---------------------------------------------------------------------------------------
 # The command
 # ---------------------------------------------------------------------------------------
+class ConstantDepthNet(torch.nn.Module):
+    """A depth "network" that predicts 1 everywhere: after median scaling, the scene's median depth.
+
+    ``dualdepth eval --constant-reference`` scores it on the same frames as a model, which shows
+    how much of a model's score is structure rather than the scale alone.
+    """
+
+    num_branches = 1
+    predict_confidence = False
+
+    def forward(self, image: torch.Tensor) -> dict[Any, torch.Tensor]:
+        ones = image.new_ones(image.shape[0], 1, *image.shape[2:])
+        return {("depth_fused", 0): ones, ("depth", 0, 0): ones}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint (.pt) written by dualdepth train")
     parser.add_argument(
@@ -665,6 +681,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     parser.add_argument("--batch-size", type=int, default=8, help="frames per forward pass (default 8)")
     parser.add_argument("--no-pose", action="store_true", help="skip the PoseNet / ATE")
+    parser.add_argument(
+        "--constant-reference",
+        action="store_true",
+        help="score a constant depth instead of the model (same frames, same pipeline): the floor a model must beat",
+    )
     parser.add_argument(
         "--cache-dir", help="decoded-frame cache folder, or 'memory' (default: the checkpoint's data.cache_dir)"
     )
@@ -694,6 +715,9 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise DualDepthError("--batch-size must be at least 1")
     loaded = model_from_checkpoint(args.checkpoint, device)
+    if args.constant_reference:
+        loaded.model.depth = ConstantDepthNet().to(device)
+        args.no_pose = True
     inp = loaded.checkpoint.get("input") or {}
     try:
         width, height = int(inp["width"]), int(inp["height"])

@@ -148,6 +148,26 @@ def test_cli_json_to_stdout(small_checkpoint, sample_bag, capsys):
     assert "AbsRel" in captured.err
 
 
+def test_constant_reference_matches_an_independent_computation(small_checkpoint, sample_bag, cache_dir, capsys):
+    from dualdepth_ros.evaluation import evaluate_depth
+
+    rc = _eval_cli(
+        "--checkpoint", small_checkpoint, "--bag", sample_bag, "--max-frames", 6, "--constant-reference", "--json", "-"
+    )
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    data = json.loads(captured.out)
+    assert data["confidence"] is None and data["pose"] is None  # no confidence, no PoseNet for the reference
+    # Independently: a constant prediction, median-scaled against each of the same frames' GT.
+    frames = FrameSequence.from_bag(
+        sample_bag, DataConfig(gt_depth_topic="/gt/depth", cache_dir=str(cache_dir)), 96, 32
+    )
+    rows = [evaluate_depth(np.ones_like(f.gt_depth.squeeze()), f.gt_depth.squeeze()).metrics for f in list(frames)[:6]]
+    expected = float(np.mean([r["abs_rel"] for r in rows]))
+    assert data["median_scaled"]["abs_rel"] == pytest.approx(expected, rel=1e-6)
+    assert expected > 0.2  # the synthetic street has depth structure a constant cannot explain
+
+
 # ---------------------------------------------------------------------------------------
 # Oracle: the GT behind stub networks scores perfectly
 # ---------------------------------------------------------------------------------------
