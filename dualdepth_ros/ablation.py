@@ -11,6 +11,7 @@ study resumes where it stopped.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -50,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every variant")
     p.add_argument("--only", action="append", choices=[v[0] for v in VARIANTS], help="run only these variants")
-    p.add_argument("--gt-depth-topic", default="/gt/depth")
+    p.add_argument("--gt-depth-topic", help="GT depth topic of the held-out bags (default: as `dualdepth eval`)")
     p.add_argument("--table", metavar="MD", help="write the Markdown table here (e.g. docs/ablation.md)")
     p.add_argument("--json", metavar="FILE", help="write all results as JSON")
     p.add_argument("--no-progress", action="store_true")
@@ -88,7 +89,7 @@ def format_table(results: list[dict[str, Any]], budget: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from .data import FrameSequence
-    from .evaluate import evaluate_sequence
+    from .evaluate import evaluate_sequence, resolve_gt_topics
     from .training.checkpoint import load_checkpoint, model_from_checkpoint
     from .training.trainer import train
 
@@ -110,9 +111,16 @@ def run(args: argparse.Namespace) -> int:
             train(args.bag, run_dir, configs, list(args.set), resume=last.exists(), progress=not args.no_progress)
         loaded = model_from_checkpoint(last)
         w, h = loaded.cfg.input.width, loaded.cfg.input.height
-        data = loaded.data
-        data.gt_depth_topic = args.gt_depth_topic
-        frames = [f for bag in args.heldout for f in FrameSequence.from_bag(bag, data, w, h)]
+        frames = []
+        for bag in args.heldout:  # GT topics found as `dualdepth eval` finds them (depth, pose, moving mask)
+            topics = resolve_gt_topics(bag, gt_depth_topic=args.gt_depth_topic)
+            data = dataclasses.replace(
+                loaded.data,
+                gt_depth_topic=topics["gt_depth"],
+                gt_pose_topic=topics["gt_pose"],
+                gt_moving_mask_topic=topics["gt_moving_mask"],
+            )
+            frames.extend(FrameSequence.from_bag(bag, data, w, h))
         result = evaluate_sequence(loaded, frames)
         summary = getattr(result, "report", result).summary()
         results.append(

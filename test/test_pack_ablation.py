@@ -104,5 +104,6 @@ def test_ablate_writes_the_table_and_skips_finished_variants(
     baseline, full = (r.split("|")[2:7] for r in rows)
     float(baseline[0]), float(full[0])  # AbsRel is a number for both
     assert baseline[2].strip() == "—" and float(full[2]) >= 0  # no confidence → no AUSE for the baseline
+    assert float(baseline[4]) > 0 and float(full[4]) > 0  # temporal ratio: GT pose and masks were found
     second = run(cmd, env)
     assert "training" not in second.stdout  # finished variants are only re-evaluated
