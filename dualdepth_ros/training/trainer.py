@@ -218,6 +218,7 @@ class Trainer:
         if self.cuda and self.tc.compile:
             self.net = torch.compile(self.net)
         self._stop = False
+        self._saved_step = -1  # the step whose checkpoint is on disk (a resumed run's is written again)
 
     # -- setup helpers ---------------------------------------------------------------------
     def _check_run_dir(self, resume: bool) -> None:
@@ -283,6 +284,7 @@ class Trainer:
         )
 
     def save(self, name: str = "last.pt") -> Path | None:
+        self._saved_step = self.step
         if not self.dist.is_main:
             return None
         return atomic_save(self.state(), self.out / name)
@@ -431,14 +433,15 @@ class Trainer:
                         self._log_images(log)
                     end_of_epoch = self.step % self.steps_per_epoch == 0
                     if end_of_epoch or (tc.val_every and self.step % tc.val_every == 0):
-                        self._run_validation(log)
+                        self._run_validation(log, final=self.step == self.total_steps)
                     if end_of_epoch or self.step % tc.checkpoint_every == 0:
                         self.save()
                     if self.step >= self.total_steps or self._stop:
                         break
             if self.step >= self.total_steps and not self.metrics.get("final"):
                 self._run_validation(log, final=True)
-            self.save()
+            if self._saved_step != self.step:
+                self.save()
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
