@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def _row(label: str, summary: dict[str, Any]) -> list[str]:
+def _row(label: str, summary: dict[str, Any], train_seconds: float | None = None) -> list[str]:
     def get(*path: str) -> float | None:
         node: Any = summary
         for key in path:
@@ -76,20 +75,58 @@ def _row(label: str, summary: dict[str, Any]) -> list[str]:
         fmt(get("confidence", "ause", "abs_rel"), 4),
         fmt(get("confidence", "aurg", "abs_rel"), 4),
         fmt(get("temporal", "ratio")),
+        "—" if train_seconds is None else f"{train_seconds / 60:.1f}",
     ]
 
 
-def format_table(results: list[dict[str, Any]], budget: str) -> str:
-    head = ["variant", "AbsRel ↓", "δ<1.25 ↑", "AUSE ↓", "AURG ↑", "temporal ratio ↓"]
+def format_table(results: list[dict[str, Any]], budget: str, reference: dict[str, Any] | None = None) -> str:
+    head = ["variant", "AbsRel ↓", "δ<1.25 ↑", "AUSE ↓", "AURG ↑", "temporal ratio ↓", "train min"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
-        lines.append("| " + " | ".join(_row(r["label"], r["eval"])) + " |")
-    return "\n".join(lines) + f"\n\nEqual budget for every row: `{budget}`.\n"
+        lines.append("| " + " | ".join(_row(r["label"], r["eval"], r.get("train_seconds"))) + " |")
+    if reference is not None:
+        # A constant has no confidence and no frame-to-frame change: only its depth metrics mean something.
+        cells = _row(REFERENCE_LABEL, reference)[:3] + ["—"] * (len(head) - 3)
+        lines.append("| " + " | ".join(f"*{c}*" if c != "—" else c for c in cells) + " |")
+    return "\n".join(lines) + f"\n\nEqual training budget for every variant: {budget}.\n"
+
+
+#: The last row: a constant depth scored through the same pipeline (what "no structure" scores).
+REFERENCE_LABEL = "constant depth (reference)"
+
+
+def _display_path(path: str | Path) -> str:
+    """``path`` relative to the working directory when it is inside it (tables are committed)."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
+def describe_budget(cfg: Any, total_steps: int, files: list[str], overrides: list[str]) -> str:
+    """The budget in words (steps, batch, input, encoders, seed) and the files that set it."""
+    text = (
+        f"{total_steps} steps × batch {cfg.optim.batch_size} at {cfg.input.width}×{cfg.input.height}, "
+        f"depth encoder {cfg.model.encoder} (width {cfg.model.encoder_width}), "
+        f"pose encoder {cfg.pose.encoder} (width {cfg.pose.encoder_width}), seed {cfg.optim.seed}"
+    )
+    return text + " (`" + " + ".join([*files, *overrides]) + "`)"
+
+
+def _train_seconds(run_dir: Path, checkpoint: dict[str, Any]) -> float | None:
+    """Training wall time of a run: the checkpoint's running total, else the run's metrics.json."""
+    if "train_seconds" in checkpoint:
+        return float(checkpoint["train_seconds"])
+    try:
+        return float(json.loads((run_dir / "metrics.json").read_text())["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def run(args: argparse.Namespace) -> int:
     from .data import FrameSequence
-    from .evaluate import evaluate_sequence, resolve_gt_topics
+    from .evaluate import ConstantDepthNet, evaluate_sequence, resolve_gt_topics
     from .training.checkpoint import load_checkpoint, model_from_checkpoint
     from .training.trainer import train
 
@@ -98,18 +135,19 @@ def run(args: argparse.Namespace) -> int:
         raise DualDepthError(f"budget file not found: {budget}")
     out = Path(args.out)
     results = []
+    reference = budget_text = None
     for slug, label, cfg_file in VARIANTS:
         if args.only and slug not in args.only:
             continue
         run_dir = out / slug
         last = run_dir / "last.pt"
         configs = [str(CONFIG_DIR / cfg_file), str(budget)]
-        t0 = time.monotonic()
-        done = last.exists() and load_checkpoint(last).get("step") == load_checkpoint(last).get("total_steps")
-        if not done:
+        ckpt = load_checkpoint(last) if last.exists() else {}
+        if not ckpt or ckpt.get("step") != ckpt.get("total_steps"):
             print(f"[{slug}] training: {label}", flush=True)
             train(args.bag, run_dir, configs, list(args.set), resume=last.exists(), progress=not args.no_progress)
-        loaded = model_from_checkpoint(last)
+            ckpt = load_checkpoint(last)
+        loaded = model_from_checkpoint(ckpt)
         w, h = loaded.cfg.input.width, loaded.cfg.input.height
         frames = []
         for bag in args.heldout:  # GT topics found as `dualdepth eval` finds them (depth, pose, moving mask)
@@ -121,13 +159,25 @@ def run(args: argparse.Namespace) -> int:
                 gt_moving_mask_topic=topics["gt_moving_mask"],
             )
             frames.extend(FrameSequence.from_bag(bag, data, w, h))
-        result = evaluate_sequence(loaded, frames)
-        summary = getattr(result, "report", result).summary()
+        summary = _summary(evaluate_sequence(loaded, frames))
+        seconds = _train_seconds(run_dir, ckpt)
         results.append(
-            {"slug": slug, "label": label, "configs": configs, "eval": summary, "seconds": time.monotonic() - t0}
+            {
+                "slug": slug,
+                "label": label,
+                "configs": [_display_path(c) for c in configs],
+                "eval": summary,
+                "train_seconds": seconds,
+            }
         )
-        print(f"[{slug}] " + " | ".join(_row(label, summary)[1:]), flush=True)
-    table = format_table(results, " + ".join([str(budget)] + list(args.set)))
+        print(f"[{slug}] " + " | ".join(_row(label, summary, seconds)[1:]), flush=True)
+        if reference is None:  # the budget's input size and frames are the same for every variant
+            budget_text = describe_budget(loaded.cfg, int(ckpt["total_steps"]), [_display_path(budget)], list(args.set))
+            loaded.model.depth = ConstantDepthNet()
+            reference = _summary(evaluate_sequence(loaded, frames, with_pose=False))
+    if not results:
+        raise DualDepthError("no variant was run")
+    table = format_table(results, budget_text or "", reference)
     print(table)
     if args.table:
         Path(args.table).parent.mkdir(parents=True, exist_ok=True)
@@ -135,9 +185,15 @@ def run(args: argparse.Namespace) -> int:
             "# Ablation on the held-out synthetic drive\n\n"
             "Produced by `make ablation` (`dualdepth ablate`). Median-scaled depth metrics (method.md §8); "
             "AUSE/AURG of the fused confidence for AbsRel (— where a variant has no confidence); temporal "
-            "ratio = frame-to-frame depth change of the prediction / that of the ground truth on static pixels.\n\n"
-            + table
+            "ratio = frame-to-frame depth change of the prediction / that of the ground truth on static pixels; "
+            "train min = training wall time on the machine that ran it. The last row scores a constant depth "
+            "through the same pipeline: the floor a model with any structure must beat.\n\n" + table
         )
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=float))
+        payload = {"budget": budget_text, "variants": results, "constant_reference": reference}
+        Path(args.json).write_text(json.dumps(payload, indent=2, default=float))
     return 0
+
+
+def _summary(result: Any) -> dict[str, Any]:
+    return getattr(result, "report", result).summary()

@@ -1,9 +1,11 @@
 """`dualdepth pack` (the shipped model file) and `dualdepth ablate` (the ablation table)."""
 
+import json
 import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -71,6 +73,16 @@ def test_pack_strips_training_state_and_keeps_outputs(
     assert torch.allclose(a, b, rtol=2e-2, atol=1e-3)
 
 
+def _constant_abs_rel(bag: Path, cache: Path) -> float:
+    """Mean AbsRel of a constant prediction, median-scaled per frame, over every frame of ``bag`` at 96×32."""
+    from dualdepth_ros.data import DataConfig, FrameSequence
+    from dualdepth_ros.evaluation import evaluate_depth
+
+    frames = FrameSequence.from_bag(bag, DataConfig(gt_depth_topic="/gt/depth", cache_dir=str(cache)), 96, 32)
+    rows = [evaluate_depth(np.ones_like(f.gt_depth.squeeze()), f.gt_depth.squeeze()).metrics for f in frames]
+    return float(np.mean([r["abs_rel"] for r in rows]))
+
+
 def test_ablate_writes_the_table_and_skips_finished_variants(
     sample_bag: Path, tmp_path: Path, dualdepth_exe: list[str], env: dict[str, str]
 ) -> None:
@@ -101,9 +113,20 @@ def test_ablate_writes_the_table_and_skips_finished_variants(
     table = (tmp_path / "ablation.md").read_text().splitlines()
     rows = [line for line in table if line.startswith("| single-branch") or line.startswith("| two-branch")]
     assert len(rows) == 2
-    baseline, full = (r.split("|")[2:7] for r in rows)
+    baseline, full = (r.split("|")[2:8] for r in rows)
     float(baseline[0]), float(full[0])  # AbsRel is a number for both
     assert baseline[2].strip() == "—" and float(full[2]) >= 0  # no confidence → no AUSE for the baseline
     assert float(baseline[4]) > 0 and float(full[4]) > 0  # temporal ratio: GT pose and masks were found
+    float(baseline[5]), float(full[5])  # training minutes (0.0 for one tiny step)
+    # The constant-depth reference row: only its depth metrics, which match an independent computation.
+    (ref,) = [line.split("|")[2:8] for line in table if line.startswith("| *constant depth")]
+    assert [c.strip() for c in ref[2:]] == ["—"] * 4
+    data = json.loads((tmp_path / "ablation.json").read_text())
+    const = data["constant_reference"]["median_scaled"]
+    assert float(ref[0].strip(" *")) == pytest.approx(const["abs_rel"], abs=5e-4)
+    assert const["abs_rel"] == pytest.approx(_constant_abs_rel(sample_bag, tmp_path / "c"), rel=1e-5)
+    assert "1 steps × batch 2 at 96×32" in data["budget"] and data["budget"] in "\n".join(table)
+    assert [v["slug"] for v in data["variants"]] == ["monodepth2", "full"]
+    assert all(v["train_seconds"] > 0 for v in data["variants"])  # the checkpoints' running totals
     second = run(cmd, env)
     assert "training" not in second.stdout  # finished variants are only re-evaluated

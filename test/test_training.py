@@ -75,11 +75,15 @@ def test_resume_after_interrupt_is_exact(sample_bag: Path, tmp_path: Path) -> No
         tiny_cfg(f"train.max_steps={steps}"), [str(sample_bag)], tmp_path / "b", resume=True, progress=False
     )
     assert resumed.step == 1
-    resumed.fit()
+    second = resumed.fit()
     for k, v in params(resumed.model).items():
         assert torch.equal(v, reference[k]), f"{k} differs after resume"
     final = load_checkpoint(tmp_path / "b" / "last.pt")
     assert final["step"] == steps
+    # Training wall time is a running total over the interrupted and the resumed run.
+    assert 0 < ckpt["train_seconds"] <= summary["seconds"]
+    assert final["train_seconds"] == pytest.approx(ckpt["train_seconds"] + second["seconds"], rel=0.05, abs=0.5)
+    assert second["train_seconds"] == pytest.approx(final["train_seconds"], abs=0.5)
     # The checkpoint records what is needed to rebuild the model and its input pipeline.
     assert final["input"] == {"width": 96, "height": 32, "resize_mode": "resize"}
     assert "optical frame" in final["intrinsics_convention"]

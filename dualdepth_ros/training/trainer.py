@@ -208,6 +208,8 @@ class Trainer:
         self.step = 0
         self.metrics: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
+        self._seconds_before = 0.0  # training wall time of earlier (resumed-from) runs
+        self._fit_t0: float | None = None
         if resume:
             self._load(self.out / "last.pt")
         self.net: torch.nn.Module = self.model
@@ -280,6 +282,7 @@ class Trainer:
             rng=rng_state(),
             metrics=self.metrics,
             history=self.history,
+            train_seconds=self.train_seconds,
             world_size=self.dist.world_size,
         )
 
@@ -306,7 +309,14 @@ class Trainer:
         self.step = int(ckpt["step"])
         self.metrics = dict(ckpt.get("metrics", {}))
         self.history = list(ckpt.get("history", []))
+        self._seconds_before = float(ckpt.get("train_seconds", 0.0))
         set_rng_state(ckpt["rng"])
+
+    @property
+    def train_seconds(self) -> float:
+        """Wall time spent in :meth:`fit` so far, summed over resumed runs."""
+        running = time.monotonic() - self._fit_t0 if self._fit_t0 is not None else 0.0
+        return self._seconds_before + running
 
     # -- one step --------------------------------------------------------------------------
     def train_step(self, items: Mapping[Any, Any]) -> dict[str, float]:
@@ -412,6 +422,7 @@ class Trainer:
         for s in previous:
             signal.signal(s, request_stop)
         t0, last_t, last_step = time.monotonic(), time.monotonic(), self.step
+        self._fit_t0 = t0
         try:
             while self.step < self.total_steps and not self._stop:
                 epoch, start_batch = divmod(self.step, self.steps_per_epoch)
@@ -446,6 +457,7 @@ class Trainer:
             for s, handler in previous.items():
                 signal.signal(s, handler)
             log.close()
+            self._seconds_before, self._fit_t0 = self.train_seconds, None
         elapsed = time.monotonic() - t0
         if self._stop and self.step < self.total_steps:
             log.write(f"stopped at step {self.step}/{self.total_steps}; continue with --resume")
@@ -453,6 +465,7 @@ class Trainer:
             "step": self.step,
             "total_steps": self.total_steps,
             "seconds": elapsed,
+            "train_seconds": self.train_seconds,
             "last_validation": self.metrics,
         }
         if self.dist.is_main:
