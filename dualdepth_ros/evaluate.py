@@ -63,6 +63,7 @@ from .geometry import invert_pose, pose_vec_to_mat
 
 __all__ = [
     "ConstantDepthNet",
+    "photometric_floor",
     "Example",
     "EvaluationResult",
     "evaluate_sequence",
@@ -645,6 +646,110 @@ def resolve_gt_topics(
 
 
 # ---------------------------------------------------------------------------------------
+# Photometric floor: the training objective at the model's and at the ground truth's geometry
+# ---------------------------------------------------------------------------------------
+#: Depth given to ground-truth pixels without a value (sky): far enough to warp by rotation only.
+FLOOR_FAR_DEPTH = 1000.0
+
+
+def photometric_floor(
+    loaded: Any,
+    stores: Sequence[Any],
+    *,
+    max_clips: int = 64,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """The photometric term of the training loss with the model's and with the ground truth's geometry.
+
+    On evenly spaced clips of ``stores`` (decoded bags with GT depth for every frame and GT
+    pose), the loss of the checkpoint's configuration (two-branch gate off, so that every case
+    averages the same samples) is computed three times:
+
+    ``model``
+        the networks' depth and pose, as training sees them;
+    ``model_depth_gt_pose``
+        the depth net's depth, median-scaled per clip to the GT depth of the target frame, with
+        the GT relative poses (isolates the depth from the pose);
+    ``gt_depth_gt_pose``
+        GT depth (``FLOOR_FAR_DEPTH`` where it has no value) and GT poses: the value this loss
+        takes at the true geometry of these frames, i.e. the floor a well-trained model
+        approaches. A model far above it is under-trained; one *below* it found a geometry the
+        loss prefers to the truth (e.g. a textureless road or a car moving with the camera).
+
+    Returns ``{"clips": n, "model": …, "model_depth_gt_pose": …, "gt_depth_gt_pose": …}``.
+    """
+    from .config import config_from_dict, config_to_dict
+    from .losses import compute_losses
+    from .training.trainer import to_model_batch
+
+    cfg_dict = config_to_dict(loaded.cfg)
+    cfg_dict["loss"]["two_branch"]["gate"] = False
+    cfg = config_from_dict(cfg_dict)
+    missing = [str(st.bag) for st in stores if st.gt_depth is None or st.gt_pose is None]
+    if missing:
+        raise DualDepthError(f"the photometric floor needs GT depth and GT pose; missing in {', '.join(missing)}")
+    clips = floor_clips(loaded, stores)
+    n = min(len(clips), max_clips)
+    index = np.linspace(0, len(clips) - 1, n).round().astype(int)
+    model = loaded.model
+    dev = torch.device(device) if device is not None else _model_device(model.depth)
+    was_training = model.training
+    model.eval()
+    sums = {"model": 0.0, "model_depth_gt_pose": 0.0, "gt_depth_gt_pose": 0.0}
+    try:
+        with torch.inference_mode():
+            for start in range(0, n, batch_size):
+                items = [clips[int(i)] for i in index[start : start + batch_size]]
+                batch = to_model_batch(torch.utils.data.default_collate(items), dev)
+                outputs = model(batch)
+                cases = _floor_cases(batch, outputs, clips.offsets)
+                for name, case in cases.items():
+                    _, terms = compute_losses(batch, case, cfg)
+                    sums[name] += float(terms["photometric"]) * len(items)
+    finally:
+        model.train(was_training)
+    return {"clips": int(n), **{k: v / max(n, 1) for k, v in sums.items()}}
+
+
+def floor_clips(loaded: Any, stores: Sequence[Any]) -> Any:
+    """Every clip of ``stores`` in the layout ``loaded`` trains on, in order, GT depth for each frame."""
+    from .data import ClipDataset
+    from .losses import clip_layout
+
+    data = dataclasses.replace(loaded.data, val_fraction=0.0, frame_offsets=tuple(clip_layout(loaded.cfg).frames))
+    return ClipDataset(stores, data, "all", augment=False, gt_all_frames=True)
+
+
+def _floor_cases(
+    batch: Mapping[Any, torch.Tensor], outputs: Mapping[Any, torch.Tensor], offsets: Sequence[int]
+) -> dict[str, dict[Any, torch.Tensor]]:
+    """The three geometries of :func:`photometric_floor` as network-output dictionaries."""
+    gt_T = {o: batch[("gt_pose", o)] for o in offsets}  # T_target_to_o
+    with_gt_pose = dict(outputs)
+    for key in outputs:
+        if isinstance(key, tuple) and key[0] == "T":
+            a, b = key[1], key[2]
+            with_gt_pose[key] = gt_T[b] @ invert_pose(gt_T[a])  # T_a_to_b
+    gt0 = batch[("gt_depth", 0)]
+    pred0 = outputs[("depth_fused", 0, 0)]
+    valid = gt0 > 0
+    ratio = torch.stack(
+        [
+            gt0[i][valid[i]].median() / pred0[i][valid[i]].median() if valid[i].any() else gt0.new_ones(())
+            for i in range(len(gt0))
+        ]
+    ).view(-1, 1, 1, 1)
+    scaled, at_gt = dict(with_gt_pose), dict(with_gt_pose)
+    for key, value in outputs.items():
+        if isinstance(key, tuple) and key[0] in ("depth_fused", "depth"):
+            scaled[key] = value * ratio
+            gt = batch[("gt_depth", key[1])]
+            at_gt[key] = torch.where(gt > 0, gt, torch.full_like(gt, FLOOR_FAR_DEPTH))
+    return {"model": dict(outputs), "model_depth_gt_pose": scaled, "gt_depth_gt_pose": at_gt}
+
+
+# ---------------------------------------------------------------------------------------
 # The command
 # ---------------------------------------------------------------------------------------
 class ConstantDepthNet(torch.nn.Module):
@@ -685,6 +790,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--constant-reference",
         action="store_true",
         help="score a constant depth instead of the model (same frames, same pipeline): the floor a model must beat",
+    )
+    parser.add_argument(
+        "--photometric-floor",
+        nargs="?",
+        type=int,
+        const=64,
+        metavar="CLIPS",
+        help="also compute the training loss's photometric term with the model's and with the GT depth and pose on "
+        "CLIPS clips (default 64; needs GT pose): how far the model is from what the loss can reach",
     )
     parser.add_argument(
         "--cache-dir", help="decoded-frame cache folder, or 'memory' (default: the checkpoint's data.cache_dir)"
@@ -740,6 +854,7 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stderr if args.json == "-" else sys.stdout
 
     sequences = []
+    stores = []
     bag_info = []
     for bag in expand_bag_paths(args.bag):
         topics = resolve_gt_topics(
@@ -775,6 +890,7 @@ def run(args: argparse.Namespace) -> int:
             file=out,
         )
         sequences.append(itertools.islice(seq, n))
+        stores.append(seq.store)
 
     result = evaluate_sequence(
         loaded,
@@ -796,6 +912,18 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"\n{result.n_frames} frames in {result.seconds:.1f} s ({summary['frames_per_second']:.1f} frames/s)", file=out
     )
+
+    floor = None
+    if args.photometric_floor is not None:
+        if args.photometric_floor < 1:
+            raise DualDepthError("--photometric-floor needs at least 1 clip")
+        floor = photometric_floor(loaded, stores, max_clips=args.photometric_floor, batch_size=args.batch_size)
+        print(
+            f"\nphotometric loss on {floor['clips']} clips (training objective, gate off): model "
+            f"{floor['model']:.4f} | model depth (median-scaled) + GT pose {floor['model_depth_gt_pose']:.4f} | "
+            f"GT depth + GT pose {floor['gt_depth_gt_pose']:.4f} (the floor)",
+            file=out,
+        )
 
     if args.plots:
         plots = Path(args.plots)
@@ -822,6 +950,8 @@ def run(args: argparse.Namespace) -> int:
             "garg_crop": bool(args.garg_crop),
             **summary,
         }
+        if floor is not None:
+            data["photometric_floor"] = floor
         if sp is not None:
             data["sparsification_curves"] = {
                 "fractions": sp.fractions.tolist(),

@@ -196,6 +196,8 @@ class ClipDataset(Dataset):
     config : the data configuration.
     split : ``"train"``, ``"val"`` or ``"all"`` (time-based, see :mod:`.clips`).
     augment : colour jitter and flip as configured; default True for ``"train"`` only.
+    gt_all_frames : ground-truth depth for every offset (``("gt_depth", o)``), not only the
+        centre's ``("gt_depth", 0)`` (the photometric floor of ``dualdepth eval`` warps with it).
 
     Raises
     ------
@@ -209,6 +211,7 @@ class ClipDataset(Dataset):
         config: DataConfig,
         split: Literal["train", "val", "all"] = "train",
         augment: bool | None = None,
+        gt_all_frames: bool = False,
     ) -> None:
         if split not in ("train", "val", "all"):
             raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
@@ -216,6 +219,7 @@ class ClipDataset(Dataset):
         self.config = config
         self.split = split
         self.augment = (split == "train") if augment is None else bool(augment)
+        self.gt_all_frames = bool(gt_all_frames)
         self.offsets = [int(o) for o in config.frame_offsets]
         self._centre = self.offsets.index(0)
         self.jitter = ColorJitter(config.brightness, config.contrast, config.saturation, config.hue, config.color_aug_p)
@@ -270,8 +274,10 @@ class ClipDataset(Dataset):
             K = K.flipped()
         item["K"] = torch.from_numpy(K.matrix().astype(np.float32))
         if store.gt_depth is not None:
-            d = np.array(store.gt_depth[centre], dtype=np.float32)  # a writable copy of the cache's row
-            item[("gt_depth", 0)] = torch.from_numpy(np.ascontiguousarray(d[:, ::-1]) if flip else d)[None]
+            for o, f in zip(self.offsets, frames):
+                if o == 0 or self.gt_all_frames:
+                    d = np.array(store.gt_depth[f], dtype=np.float32)  # a writable copy of the cache's row
+                    item[("gt_depth", o)] = torch.from_numpy(np.ascontiguousarray(d[:, ::-1]) if flip else d)[None]
         if store.gt_moving is not None:
             m = np.asarray(store.gt_moving[centre]) != 0
             item[("gt_moving_mask", 0)] = torch.from_numpy(np.ascontiguousarray(m[:, ::-1] if flip else m))[
