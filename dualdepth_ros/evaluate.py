@@ -690,15 +690,20 @@ def photometric_floor(
     if missing:
         raise DualDepthError(f"the photometric floor needs GT depth and GT pose; missing in {', '.join(missing)}")
     clips = floor_clips(loaded, stores)
-    n = min(len(clips), max_clips)
-    index = np.linspace(0, len(clips) - 1, n).round().astype(int)
+    usable = [i for i in range(len(clips)) if _clip_has_gt_pose(clips, i)]
+    if not usable:
+        raise DualDepthError("the photometric floor found no clip whose frames all have a GT pose")
+    n = min(len(usable), max_clips)
+    index = np.asarray(usable)[np.linspace(0, len(usable) - 1, n).round().astype(int)]
     model = loaded.model
     dev = torch.device(device) if device is not None else _model_device(model.depth)
     was_training = model.training
     model.eval()
     sums = {"model": 0.0, "model_depth_gt_pose": 0.0, "gt_depth_gt_pose": 0.0}
-    try:
-        with torch.inference_mode():
+    try:  # seeded: the auto-mask's tie-break noise is random, the figures should not be
+        cuda = [dev.index or 0] if dev.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), torch.inference_mode():
+            torch.manual_seed(0)
             for start in range(0, n, batch_size):
                 items = [clips[int(i)] for i in index[start : start + batch_size]]
                 batch = to_model_batch(torch.utils.data.default_collate(items), dev)
@@ -717,8 +722,13 @@ def floor_clips(loaded: Any, stores: Sequence[Any]) -> Any:
     from .data import ClipDataset
     from .losses import clip_layout
 
-    data = dataclasses.replace(loaded.data, val_fraction=0.0, frame_offsets=tuple(clip_layout(loaded.cfg).frames))
+    data = dataclasses.replace(loaded.data, val_fraction=0.0, frame_offsets=list(clip_layout(loaded.cfg).frames))
     return ClipDataset(stores, data, "all", augment=False, gt_all_frames=True)
+
+
+def _clip_has_gt_pose(clips: Any, index: int) -> bool:
+    store, frames = clips.clip_frames(index)
+    return bool(np.isfinite(np.asarray(store.gt_pose)[frames]).all())
 
 
 def _floor_cases(
@@ -798,7 +808,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         const=64,
         metavar="CLIPS",
         help="also compute the training loss's photometric term with the model's and with the GT depth and pose on "
-        "CLIPS clips (default 64; needs GT pose): how far the model is from what the loss can reach",
+        "CLIPS clips spread over the bags (default 64; needs GT pose; ignores --max-frames): how far the model is "
+        "from what the loss can reach",
     )
     parser.add_argument(
         "--cache-dir", help="decoded-frame cache folder, or 'memory' (default: the checkpoint's data.cache_dir)"
