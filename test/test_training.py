@@ -85,7 +85,7 @@ def test_resume_after_interrupt_is_exact(sample_bag: Path, tmp_path: Path) -> No
     assert final["train_seconds"] == pytest.approx(ckpt["train_seconds"] + second["seconds"], rel=0.05, abs=0.5)
     assert second["train_seconds"] == pytest.approx(final["train_seconds"], abs=0.5)
     # The checkpoint records what is needed to rebuild the model and its input pipeline.
-    assert final["input"] == {"width": 96, "height": 32, "resize_mode": "resize"}
+    assert final["input"] == {"width": 96, "height": 32, "resize_mode": "crop_center"}
     assert "optical frame" in final["intrinsics_convention"]
     loaded = model_from_checkpoint(tmp_path / "b" / "last.pt")
     out = loaded.depth_net(torch.rand(1, 3, 32, 96))
