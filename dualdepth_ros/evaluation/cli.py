@@ -25,7 +25,7 @@ from ..errors import DualDepthError
 from ..preprocess import RESIZE_MODES
 from .grid import INTERPOLATIONS
 from .plots import mosaic_rows, save_png, save_sparsification_plot
-from .protocols import MAX_DEPTH, PROTOCOL_NAMES, resolve_protocol
+from .protocols import MAX_DEPTH, PROTOCOL_NAMES
 from .reference import ConstantDepthNet
 from .sequence import evaluate_sequence
 from .tables import format_evaluation, json_ready
@@ -242,9 +242,6 @@ def run(args: argparse.Namespace) -> int:
         note = _squash_note(plan)
         if note:
             print(note, file=out)
-        if sel.gt_depth:
-            proto = resolve_protocol(args.protocol, store.source_height, store.source_width, args.max_depth)
-            print(f"  protocol: {proto.describe()}", file=out)
         sequences.append(itertools.islice(seq, n))
         stores.append(store)
 

@@ -25,6 +25,7 @@ When both grids show the whole image (a plain resize), the mapping is ``u_pred =
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import numpy as np
@@ -78,23 +79,25 @@ class GridMap:
         """The ground truth's ``(H, W)``."""
         return self.u.shape  # type: ignore[return-value]
 
-    def inside(self) -> np.ndarray:
-        """``H×W`` bool: ground-truth pixels whose centre lies in the region the network saw."""
+    @functools.cached_property
+    def _inside(self) -> np.ndarray:
         tol = 1e-9
-        return (
+        inside = (
             (self.u >= -0.5 - tol)
             & (self.u <= self.pred_width - 0.5 + tol)
             & (self.v >= -0.5 - tol)
             & (self.v <= self.pred_height - 0.5 + tol)
         )
+        inside.flags.writeable = False
+        return inside
 
-    def coverage(self) -> dict[str, Any]:
-        """How much of the ground-truth grid the network saw.
+    def inside(self) -> np.ndarray:
+        """``H×W`` bool (read-only): ground-truth pixels whose centre lies in the region the network saw."""
+        return self._inside
 
-        Returns ``{"fraction": share of GT pixels inside, "columns": [first, last + 1],
-        "rows": [first, last + 1]}`` (GT pixel indices; None for an empty overlap).
-        """
-        inside = self.inside()
+    @functools.cached_property
+    def _coverage(self) -> dict[str, Any]:
+        inside = self._inside
         cols = np.flatnonzero(inside.any(axis=0))
         rows = np.flatnonzero(inside.any(axis=1))
         return {
@@ -102,6 +105,14 @@ class GridMap:
             "columns": [int(cols[0]), int(cols[-1]) + 1] if cols.size else None,
             "rows": [int(rows[0]), int(rows[-1]) + 1] if rows.size else None,
         }
+
+    def coverage(self) -> dict[str, Any]:
+        """How much of the ground-truth grid the network saw.
+
+        Returns ``{"fraction": share of GT pixels inside, "columns": [first, last + 1],
+        "rows": [first, last + 1]}`` (GT pixel indices; None for an empty overlap).
+        """
+        return dict(self._coverage)
 
     # -- sampling -----------------------------------------------------------------------
     def sample(self, values: np.ndarray, mode: str = "bilinear", where: np.ndarray | None = None) -> np.ndarray:

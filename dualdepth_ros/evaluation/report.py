@@ -69,7 +69,6 @@ class EvaluationReport:
         self.pose: dict[str, float] | None = None
         self.skipped = 0
         self.protocols: dict[tuple[int, int], Protocol] = {}
-        self._coverage_of: dict[int, dict[str, Any]] = {}
         self._resize_grids: dict[tuple[int, ...], GridMap] = {}
 
     def protocol_for(self, height: int, width: int) -> Protocol:
@@ -120,9 +119,7 @@ class EvaluationReport:
         self.scaled.append(res.metrics)
         self.ratios.append(res.scale)
         self.n_points.append(res.n_valid)
-        if id(grid) not in self._coverage_of:
-            self._coverage_of[id(grid)] = {**grid.coverage(), "gt_size": [gt2.shape[1], gt2.shape[0]]}
-        self.coverage.append(self._coverage_of[id(grid)])
+        self.coverage.append({**grid.coverage(), "gt_size": [gt2.shape[1], gt2.shape[0]]})
         if self.metric_scale is not None:
             met = evaluate_depth(pred2, gt2, median_scaling=False, scale=self.metric_scale, **kw)
             if met is not None:
