@@ -40,6 +40,13 @@ from dualdepth_ros.preprocess import plan_resize
 from dualdepth_ros.training.checkpoint import LoadedModel, atomic_save, make_checkpoint
 
 GT = {"gt_depth_topic": "/gt/depth", "gt_pose_topic": "/gt/pose", "gt_moving_mask_topic": "/gt/moving_mask"}
+LIGHT = [
+    "model.encoder=resnet10",
+    "model.encoder_width=8",
+    "model.decoder_channels=[4, 8, 8, 16, 16]",
+    "pose.encoder=resnet10",
+    "pose.encoder_width=8",
+]
 
 
 # ---------------------------------------------------------------------------------------
@@ -237,18 +244,7 @@ def test_eval_without_depth_reports_pose_and_says_why(tmp_path, capsys):
     src = drive(tmp_path / "full", 331, 100, 12, seed=7)
     bag = rewrite_bag(src, tmp_path / "pose_only", drop=("/gt/depth", "/gt/camera_info", "/gt/moving_mask"))
     torch.manual_seed(0)
-    cfg = load_config(
-        "config/train.yaml",
-        overrides=[
-            "input.width=96",
-            "input.height=32",
-            "model.encoder=resnet10",
-            "model.encoder_width=8",
-            "model.decoder_channels=[4, 8, 8, 16, 16]",
-            "pose.encoder=resnet10",
-            "pose.encoder_width=8",
-        ],
-    )
+    cfg = load_config("config/train.yaml", overrides=[*LIGHT, "input.width=96", "input.height=32"])
     ckpt = tmp_path / "small.pt"
     atomic_save(make_checkpoint(DepthModel(cfg), cfg, DataConfig(cache_dir=str(tmp_path / "c"))), ckpt)
     out = tmp_path / "eval.json"
@@ -270,3 +266,25 @@ def test_lidar_pattern_is_sparse_and_varies():
     a, b = lidar_pattern(100, 331, 0), lidar_pattern(100, 331, 1)
     assert 0.2 < a.mean() < 0.25 and not np.array_equal(a, b)  # 64 of 100 rows × every 2nd column × 70 %
     assert not a[:29].any()  # nothing above the top scanline
+
+
+def test_eval_says_when_resize_squashes_and_lets_the_user_crop(four_three_bag, tmp_path, capsys):
+    torch.manual_seed(0)
+    cfg = load_config("config/train.yaml", overrides=[*LIGHT, "input.width=96", "input.height=32"])
+    ckpt = tmp_path / "resize.pt"
+    data = DataConfig(cache_dir=str(tmp_path / "c"), resize_mode="resize")  # trained squashing a 4:3 camera
+    atomic_save(make_checkpoint(DepthModel(cfg), cfg, data), ckpt)
+    base = ["eval", "--checkpoint", str(ckpt), "--bag", str(four_three_bag), "--no-pose", "--json", "-"]
+    assert cli.main(base) == 0
+    captured = capsys.readouterr()
+    assert "160x120 resized to 96x32" in captured.err and "the image is distorted" in captured.err
+    assert "changes the image's aspect ratio by +125%; --resize-mode crop_center keeps the geometry" in captured.err
+    squashed = json.loads(captured.out)
+    assert squashed["gt_coverage"]["fraction"] == 1.0 and squashed["protocol"]["name"] == "dense"
+    assert cli.main([*base, "--resize-mode", "crop_bottom", "--protocol", "kitti"]) == 0
+    captured = capsys.readouterr()
+    cropped = json.loads(captured.out)
+    assert cropped["input"]["resize_mode"] == "crop_bottom" and "note:" not in captured.err
+    assert cropped["gt_coverage"]["rows"] == [67, 120] and cropped["protocol"]["reason"] == "--protocol kitti"
+    assert cli.main([*base, "--protocol", "kitti", "--max-depth", "50"]) == 2
+    assert "the kitti protocol's range is fixed" in capsys.readouterr().err
