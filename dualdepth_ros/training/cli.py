@@ -38,8 +38,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--intrinsics", metavar="FX,FY,CX,CY", help="intrinsics of the recorded images when the bag has no camera_info"
     )
-    p.add_argument("--gt-depth-topic", help="ground-truth depth topic (validation metrics only, never trained on)")
-    p.add_argument("--gt-pose-topic", help="ground-truth pose topic (evaluation of the PoseNet only)")
+    p.add_argument(
+        "--gt-depth-topic", help="ground-truth depth topic (validation metrics by eval's protocol; never trained on)"
+    )
+    p.add_argument(
+        "--gt-pose-topic", help="ground-truth camera pose topic, or TOPIC:CHILD_FRAME for TF (validation only)"
+    )
     p.add_argument("--moving-mask-topic", help="moving-object mask topic (evaluation only)")
     p.add_argument("--max-steps", type=int, help="stop after N optimiser steps (default: optim.epochs epochs)")
     p.add_argument("--batch-size", type=int, help="clips per step per process (optim.batch_size)")
