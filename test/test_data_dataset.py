@@ -37,6 +37,7 @@ def decode_counter(monkeypatch):
 def _cfg(tmp_path, **kw) -> DataConfig:
     kw.setdefault("cache_dir", str(tmp_path / "cache"))
     kw.setdefault("val_fraction", 0.0)
+    kw.setdefault("frame_offsets", [-1, 0, 1])  # 3-frame clips (the default is the two-branch layout, -2…2)
     return DataConfig(**kw)
 
 

@@ -85,7 +85,7 @@ class DataConfig:
     resize_mode: Literal["resize", "crop_bottom", "crop_center"] = DEFAULT_RESIZE_MODE
     rectify: bool = True
     rectify_gt: bool = False
-    frame_offsets: list[int] = dataclasses.field(default_factory=lambda: [-1, 0, 1])
+    frame_offsets: list[int] = dataclasses.field(default_factory=lambda: [-2, -1, 0, 1, 2])
     static_threshold: float = 1.0
     max_gap_s: float | None = None
     val_fraction: float = 0.1
