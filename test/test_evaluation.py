@@ -238,3 +238,32 @@ def test_pose_ate_perfect_and_scaled():
     assert ev.pose_ate(gt, noisy)["ate_mean"] > 0.01
     with pytest.raises(ValueError):
         ev.pose_ate(gt[:3], rel[:2])
+
+
+def test_tensorboard_images_use_the_one_colouriser(tmp_path):
+    """The trainer's TensorBoard depth/confidence images are coloured by evaluation.plots (no second copy)."""
+    from dualdepth_ros.training.runlog import RunLogger
+
+    logged = []
+
+    class Writer:
+        def add_image(self, tag, img, step, dataformats):
+            logged.append((tag, img, dataformats))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    log = RunLogger(tmp_path, total_steps=1)
+    log.writer.close()
+    log.writer = Writer()
+    depth = torch.rand(12, 40, dtype=torch.bfloat16) * 20 + 1  # AMP outputs may be bfloat16
+    log.depth_image(3, "depth", depth)
+    log.depth_image(3, "conf", depth / 21, confidence=True)
+    log.close()
+    (t1, d, f1), (t2, c, f2) = logged
+    assert (t1, f1, t2, f2) == ("depth", "HWC", "conf", "HWC")
+    np.testing.assert_array_equal(d, ev.colorize_inverse_depth(depth.float().numpy()))
+    np.testing.assert_array_equal(c, ev.colorize_confidence((depth / 21).float().numpy()))

@@ -2,7 +2,7 @@
 
 Only the main process (rank 0) writes; other ranks get a logger that does nothing. Depth and
 confidence images are coloured by :mod:`dualdepth_ros.evaluation.plots` (the package's one
-colouriser) before they are logged.
+colouriser, :meth:`RunLogger.depth_image`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 from tqdm import tqdm
+
+from ..evaluation.plots import colorize_confidence, colorize_inverse_depth
 
 __all__ = ["RunLogger"]
 
@@ -53,10 +55,20 @@ class RunLogger:
         for k, v in values.items():
             self.writer.add_scalar(f"{prefix}/{k}", float(v), step)
 
-    def image(self, step: int, tag: str, image: np.ndarray, dataformats: str = "CHW") -> None:
-        """Log a uint8 RGB image, ``3×H×W`` (``dataformats="CHW"``) or ``H×W×3`` (``"HWC"``)."""
+    def image(self, step: int, tag: str, chw_uint8: np.ndarray) -> None:
+        """Log a ``3×H×W`` uint8 RGB image."""
         if self.enabled:
-            self.writer.add_image(tag, image, step, dataformats=dataformats)
+            self.writer.add_image(tag, chw_uint8, step, dataformats="CHW")
+
+    def depth_image(self, step: int, tag: str, values: Any, confidence: bool = False) -> None:
+        """Log an ``H×W`` depth map (inverse depth, near = bright) or, with ``confidence``, a map in [0, 1].
+
+        Coloured by :func:`~dualdepth_ros.evaluation.plots.colorize_inverse_depth` /
+        :func:`~dualdepth_ros.evaluation.plots.colorize_confidence`, as ``dualdepth eval``'s mosaics.
+        """
+        if self.enabled:
+            rgb = colorize_confidence(values) if confidence else colorize_inverse_depth(values)
+            self.writer.add_image(tag, rgb, step, dataformats="HWC")
 
     def progress(self, n: int = 1, **postfix: Any) -> None:
         if self.bar is not None:

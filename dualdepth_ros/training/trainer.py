@@ -40,7 +40,6 @@ from ..config import (
 from ..data import ClipDataset, DataConfig, load_stores
 from ..data.batch import to_model_batch
 from ..errors import DualDepthError
-from ..evaluation.plots import colorize_confidence, colorize_inverse_depth
 from ..losses import SelfSupervisedLoss, clip_layout
 from ..networks import DepthModel, count_parameters
 from . import distributed
@@ -534,13 +533,11 @@ class Trainer:
         log.image(
             self.step, "image", (batch[("color", tgt, 0)][0].detach().float().cpu().numpy() * 255).astype(np.uint8)
         )
-        depth = colorize_inverse_depth(outputs[("depth_fused", tgt, 0)][0, 0])
-        log.image(self.step, "depth_fused", depth, dataformats="HWC")
+        log.depth_image(self.step, "depth_fused", outputs[("depth_fused", tgt, 0)][0, 0])
         for b in range(self.cfg.model.num_branches):
             key = ("conf", tgt, b, 0)
             if key in outputs:
-                conf = colorize_confidence(outputs[key][0, 0])
-                log.image(self.step, f"confidence_branch{b}", conf, dataformats="HWC")
+                log.depth_image(self.step, f"confidence_branch{b}", outputs[key][0, 0], confidence=True)
 
 
 def _val_frame_indices(val_set: ClipDataset, store: Any) -> list[int]:
