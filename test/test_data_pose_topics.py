@@ -143,5 +143,8 @@ def test_default_name_wins_and_tf_needs_a_child_frame(tmp_path):
     path, _ = _bag(tmp_path / "bag", {"/gt/pose": ("pose", ""), "/odom": ("odom", "cam"), "/tf": ("tf", "cam")})
     found = resolve_gt_topics(path)
     assert found.gt_pose == "/gt/pose" and found.notes["gt_pose"] == "default name"
+    from_config = resolve_gt_topics(path, preferred={"gt_pose": "/tf:cam"})  # e.g. the checkpoint's data config
+    assert from_config.gt_pose == "/tf:cam" and from_config.notes["gt_pose"] == "from the config"
+    assert resolve_gt_topics(path, preferred={"gt_pose": "/tf"}).gt_pose == "/gt/pose"  # TF without a child: no pose
     with pytest.raises(BagError, match="TF stream; name the camera's frame as /tf:CHILD_FRAME"):
         load_frames(path, Preprocessor(32, 24), gt_pose_topic="/tf")

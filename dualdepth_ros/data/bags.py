@@ -523,6 +523,13 @@ def resolve_gt_topics(
             return topic in topics and topics[topic][0] in types and topics[topic][1] > 0
 
         types = {"gt_depth": (IMAGE,), "gt_pose": POSE_TYPES, "gt_moving_mask": (IMAGE,)}
+
+        def usable(role: str, spec: str | None) -> bool:
+            if not present(spec, types[role]):
+                return False
+            source = PoseSource.parse(str(spec))  # a TF stream is a pose only with a child frame
+            return role != "gt_pose" or topics[source.topic][0] != TF_MESSAGE or source.child_frame is not None
+
         for role in ("gt_depth", "gt_pose", "gt_moving_mask"):
             out[role] = None
             if given[role]:
@@ -530,7 +537,7 @@ def resolve_gt_topics(
                 notes[role] = "given"
                 continue
             for cand, how in ((preferred.get(role), "from the config"), (DEFAULT_GT_TOPICS[role], "default name")):
-                if present(cand, types[role]) and (role != "gt_pose" or topics[cand][0] != TF_MESSAGE):
+                if usable(role, cand):
                     out[role] = cand
                     notes[role] = how
                     break
