@@ -265,6 +265,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys) -> None:
     bad_k = ["--training-intrinsics", "1,2,3"]
     assert main(["export", "--checkpoint", str(CKPT), "--out", str(tmp_path / "a"), *bad_k]) == 2
     assert "--training-intrinsics" in one_line_error(capsys)
+    if not torch.cuda.is_available():
+        assert main(["export", "--checkpoint", str(CKPT), "--out", str(tmp_path / "a"), "--device", "cuda"]) == 2
+        assert "PyTorch sees no CUDA device" in one_line_error(capsys)
     assert not (tmp_path / "a").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.pt", "other.pt", "out"]
 

@@ -12,7 +12,16 @@ import pytest
 import torch
 
 from dualdepth_ros.errors import DualDepthError
-from dualdepth_ros.inference import BACKEND_NAMES, ModelError, load_metadata, open_backend
+from dualdepth_ros.inference import (
+    BACKEND_NAMES,
+    Backend,
+    BackendUnavailableError,
+    InferenceResult,
+    ModelError,
+    load_metadata,
+    open_backend,
+    selection,
+)
 from dualdepth_ros.inference.metadata import file_sha256
 from dualdepth_ros.inference.onnxruntime_backend import OnnxRuntimeBackend
 
@@ -299,3 +308,62 @@ def test_weights_file_is_loaded_without_unpickling_code(tmp_path) -> None:
 def test_direct_backend_construction_checks_the_device(tmp_path) -> None:
     with pytest.raises(ModelError, match="runs on 'cpu' or 'cuda'"):
         OnnxRuntimeBackend(SHIPPED, load_metadata(SHIPPED), device="gpu")
+
+
+class FakeBackend(Backend):
+    name = "fake"
+
+    def _infer(self, image: np.ndarray) -> InferenceResult:
+        n, _, h, w = image.shape
+        return InferenceResult(np.ones((n, 1, h, w), np.float32), np.ones((n, 1, h, w), np.float32))
+
+
+def fake_candidates(monkeypatch, available: set, broken: tuple | None = None) -> list:
+    """Replace the three openers: ``available`` (backend, device) start, ``broken`` raises a ModelError."""
+    tried: list[tuple[str, str]] = []
+
+    def opener(name):
+        def open_(model_dir, md, *rest):
+            device = rest[0] if name != "tensorrt" else "cuda"
+            opts = rest[-1]
+            tried.append((name, device))
+            if (name, device) == broken:
+                raise ModelError(f"{name} {device}: the model is broken")
+            if (name, device) not in available:
+                raise BackendUnavailableError(f"no {name} on {device} here")
+            b = FakeBackend(md, device=device, precision=opts["precision"], per_branch=False)
+            b.name = name
+            return b, None
+
+        return open_
+
+    for name in ("tensorrt", "onnxruntime", "torch"):
+        monkeypatch.setattr(selection, f"_open_{name}", opener(name))
+    return tried
+
+
+def test_auto_order_and_reasons(monkeypatch) -> None:
+    tried = fake_candidates(monkeypatch, {("torch", "cuda"), ("onnxruntime", "cpu")})
+    b = open_backend(SHIPPED)
+    assert (b.name, b.device) == ("torch", "cuda")
+    assert tried == [("tensorrt", "cuda"), ("onnxruntime", "cuda"), ("torch", "cuda")]
+    assert "unavailable: tensorrt cuda: no tensorrt on cuda here; onnxruntime cuda: no onnxruntime on cuda here" in (
+        b.reason
+    )
+    tried.clear()
+    b = open_backend(SHIPPED, device="cpu")
+    assert (b.name, b.device) == ("onnxruntime", "cpu") and tried == [("onnxruntime", "cpu")]
+    tried.clear()
+    b = open_backend(SHIPPED, "torch")
+    assert (b.name, b.device) == ("torch", "cuda") and tried == [("torch", "cuda")]
+    tried.clear()
+    b = open_backend(SHIPPED, "onnxruntime")
+    assert (b.name, b.device) == ("onnxruntime", "cpu") and tried == [("onnxruntime", "cuda"), ("onnxruntime", "cpu")]
+    assert "unavailable: onnxruntime cuda: no onnxruntime on cuda here" in b.reason
+
+
+def test_auto_stops_at_a_broken_model(monkeypatch) -> None:
+    tried = fake_candidates(monkeypatch, {("torch", "cpu")}, broken=("onnxruntime", "cpu"))
+    with pytest.raises(ModelError, match="onnxruntime cpu: the model is broken"):
+        open_backend(SHIPPED, device="cpu")
+    assert tried == [("onnxruntime", "cpu")]  # never falls through to torch
