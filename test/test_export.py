@@ -9,6 +9,7 @@ on the graph's own outputs by ``test_fused_outputs_follow_the_max_confidence_rul
 """
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 from dualdepth_ros.cli import main
+from dualdepth_ros.errors import DualDepthError
 from dualdepth_ros.inference import ModelError, load_metadata, open_backend
 from dualdepth_ros.inference.export import FORBIDDEN_OPS, _check_graph, export_model, export_onnx
 from dualdepth_ros.inference.metadata import ModelMetadata, file_sha256, output_names, parse_metadata_props
@@ -284,6 +286,14 @@ def test_export_failure_is_loud_and_leaves_nothing(tmp_path, monkeypatch, loaded
         export_model(loaded, tmp_path / "out")
     assert calls == [True]  # one exporter, no fallback to the TorchScript one
     assert list(tmp_path.iterdir()) == []  # no output, no temporary folder
+
+
+def test_a_ground_truth_depth_checkpoint_is_refused(tmp_path) -> None:
+    gt = model_from_checkpoint(CKPT)
+    gt.cfg.model = dataclasses.replace(gt.cfg.model, depth_source="ground_truth")  # a learning-ladder run
+    with pytest.raises(DualDepthError, match="no trained depth net to export"):
+        export_model(gt, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_training_intrinsics_are_recorded(loaded) -> None:

@@ -367,6 +367,11 @@ def export_model(
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DualDepthError("export on cuda was asked for, but PyTorch sees no CUDA device")
     loaded = checkpoint if isinstance(checkpoint, LoadedModel) else model_from_checkpoint(checkpoint, dev)
+    if getattr(loaded.cfg.model, "depth_source", "network") != "network":
+        raise DualDepthError(
+            f"this checkpoint takes its depth from {loaded.cfg.model.depth_source} (model.depth_source), "
+            "not from its depth network: there is no trained depth net to export"
+        )
     net = loaded.depth_net
     net_device = next(net.parameters()).device
     inp = loaded.checkpoint.get("input") or {}

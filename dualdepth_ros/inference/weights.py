@@ -5,7 +5,7 @@ The file is one ``torch.save`` of plain types only (``dict``, ``list``, ``str``,
 unpickling any code — a path named by a ROS parameter can never run code. Layout::
 
     format          "dualdepth_ros.weights/1"
-    model           the ModelConfig fields (encoder, encoder_width, num_branches, …) as plain values
+    model           the DepthNet constructor arguments (encoder, encoder_width, num_branches, …), plain values
     state_dict      the depth net's state dict (the ``depth.*`` entries of the checkpoint, prefix
                     removed), in the checkpoint's dtype (float16 for a packed model)
     weights_sha256  :func:`state_dict_sha256` of ``state_dict``
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -59,11 +60,16 @@ def save_weights(
     Parameters
     ----------
     state : the depth net's state dict (:func:`depth_state_dict`).
-    model_cfg : the :class:`~dualdepth_ros.config.ModelConfig` (or a dict of its fields).
+    model_cfg : the :class:`~dualdepth_ros.config.ModelConfig` (or a dict of its fields); only the
+        fields that are :class:`~dualdepth_ros.networks.DepthNet` arguments are stored.
     config_hash : the training config's hash.
     input_ : ``{"width", "height", "resize_mode"}``.
     """
+    from ..networks import DepthNet
+
     cfg = dataclasses.asdict(model_cfg) if dataclasses.is_dataclass(model_cfg) else dict(model_cfg)
+    params = [p for p in inspect.signature(DepthNet.__init__).parameters if p != "self"]
+    cfg = {k: cfg[k] for k in params if k in cfg}  # what rebuilds the net, nothing training-only
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
     digest = state_dict_sha256(tensors)
     obj = {
@@ -104,8 +110,7 @@ def load_weights(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[to
     ModelError : missing or unreadable file, another format, weights that do not fit the config,
         or weights whose digest is not the recorded one.
     """
-    from ..config import ModelConfig
-    from ..networks import build_depth_net
+    from ..networks import DepthNet
 
     path = Path(path)
     if not path.is_file():
@@ -119,8 +124,8 @@ def load_weights(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[to
         fmt = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise ModelError(f"{path} is not a dualdepth_ros weights file (format {fmt!r}, expected {WEIGHTS_FORMAT!r})")
     try:
-        cfg = ModelConfig(**obj["model"])
-        net = build_depth_net(cfg)
+        args = {k: tuple(v) if isinstance(v, list) else v for k, v in obj["model"].items()}
+        net = DepthNet(**args)
         state = obj["state_dict"]
         net.load_state_dict(state, strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
