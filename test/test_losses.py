@@ -596,11 +596,11 @@ def _automask_of(cfg, batch: dict, out: dict) -> tuple[torch.Tensor, torch.Tenso
 
 
 def test_automask_hides_the_lead_car_and_a_standing_camera_from_the_photometric_loss() -> None:
-    """The two cases that teach self-supervised depth "infinitely far" (monodepth2 §3.3):
+    """Auto-masking removes the two cases that teach self-supervised depth "infinitely far" (monodepth2 §3.3).
 
     * a lead car at exactly the ego speed stays still in the image, so infinite depth reproduces it;
     * a standing camera (the synthetic car stops for 4 s) reproduces every pixel with any depth.
-    Auto-masking removes them: the unwarped neighbour already matches better than any warp.
+    In both the unwarped neighbour already matches better than any warp.
     """
     ones = load_config(
         overrides=["loss.two_branch.enabled=false", "model.num_branches=1", "model.predict_confidence=false"]
