@@ -28,8 +28,9 @@ TRAIN_BAGS    := $(foreach s,$(TRAIN_SEEDS),$(DATA)/drive_$(s))
 HELDOUT_BAG   := $(DATA)/heldout_$(HELDOUT_SEED)
 DRIVE_ARGS    := --frames 300 --width 320 --height 96 --format mcap
 MODEL         := models/dualdepth_default.pt
+EXPORTED      := models/dualdepth_default
 
-.PHONY: help setup build lint test test-fast demo sample bench data train ablation clean
+.PHONY: help setup build lint test test-fast demo sample bench data train export-default ablation clean
 
 help:
 	@echo "make setup   create .venv with pinned deps (ROS 2 Jazzy wheels, torch CPU, rosbags, colcon) and install the package"
@@ -37,6 +38,7 @@ help:
 	@echo "make demo    setup + run the main job on the bundled sample drive"
 	@echo "make sample  re-record the bundled sample drive (test/data/sample_drive)"
 	@echo "make bench   print the benchmark figures (rendering, training step)"
+	@echo "make export-default  re-export the default model (models/dualdepth_default/) from $(MODEL)"
 
 setup: $(STAMP)
 
@@ -96,6 +98,12 @@ train: setup data
 	$(VENV)/bin/dualdepth pack --checkpoint runs/default/last.pt --out $(MODEL)
 	$(VENV)/bin/dualdepth eval --checkpoint $(MODEL) --bag $(HELDOUT_BAG) --json models/dualdepth_default.eval.json \
 	  --plots models/dualdepth_default_plots
+	$(MAKE) export-default
+
+# The shipped exported model (ONNX + model.json + weights.pt), checked in CI to match $(MODEL)
+# (test/test_export_default.py): re-run after every change of the checkpoint.
+export-default: setup
+	$(VENV)/bin/dualdepth export --checkpoint $(MODEL) --out $(EXPORTED) --per-branch --overwrite
 
 # The ablation table (docs/ablation.md): every variant with the same budget, scored on the held-out drive.
 ablation: setup data

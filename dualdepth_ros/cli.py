@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pack": ("dualdepth_ros.training.pack", "strip a training checkpoint into a small model file to ship"),
     "ablate": ("dualdepth_ros.ablation", "run the ablation study (equal budget) and write its table"),
     "eval": ("dualdepth_ros.evaluation.cli", "evaluate a checkpoint on bags with ground-truth depth and/or poses"),
+    "export": (
+        "dualdepth_ros.inference.cli",
+        "export a checkpoint to ONNX + model.json (+ weights.pt) for the backends",
+    ),
     "bench": ("dualdepth_ros.bench", "run a benchmark (rendering, training step, training throughput)"),
 }
 

@@ -116,14 +116,19 @@ class ModelConfig:
     scales: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2, 3])
     disp_scale: float = 10.0
     disp_offset: float = 0.01
+    depth_source: Literal["network", "ground_truth"] = "network"
+    reference_gradients: bool = True
 
 
 @dataclasses.dataclass
 class PoseConfig:
+    source: Literal["network", "topic"] = "network"
     mode: Literal["pairs", "clip"] = "pairs"
     encoder: str = "resnet18"
     encoder_width: int = 64
     output_scale: float = 0.01
+    camera_in_body: list[float] | None = None
+    topic_scale: float = 0.0333
 
 
 @dataclasses.dataclass
@@ -187,6 +192,7 @@ class TwoBranchConfig:
     difference_loss: Literal["first_difference", "mean"] = "first_difference"
     gate: bool = True
     gate_threshold: float = 0.07
+    scales: list[int] = dataclasses.field(default_factory=lambda: [0])
 
 
 @dataclasses.dataclass
@@ -253,12 +259,37 @@ class Config:
             raise ConfigError("model.num_branches: 2 needs loss.two_branch.enabled (nothing else trains branch 2)")
         if sorted(set(m.scales)) != sorted(m.scales) or not m.scales or min(m.scales) != 0 or max(m.scales) > 4:
             raise ConfigError(f"model.scales must be distinct values in 0..4 including 0, got {m.scales}")
+        if lt.two_branch.enabled and (0 not in lt.two_branch.scales or not set(lt.two_branch.scales) <= set(m.scales)):
+            raise ConfigError(
+                f"loss.two_branch.scales must include 0 and be among model.scales {m.scales}, "
+                f"got {lt.two_branch.scales}"
+            )
         if len(m.decoder_channels) != 5:
             raise ConfigError("model.decoder_channels needs 5 values")
         if not 0.0 <= lt.photometric.alpha <= 1.0:
             raise ConfigError("loss.photometric.alpha must be in [0, 1]")
         if self.input.height < 32 or self.input.width < 32:
             raise ConfigError("input size must be at least 32×32")
+        if m.depth_source == "ground_truth":
+            needs_features = [
+                name
+                for name, on in (
+                    ("loss.two_branch.enabled", lt.two_branch.enabled),
+                    ("loss.featuremetric.enabled", lt.featuremetric.enabled),
+                    ("loss.smoothness.feature_weight > 0", lt.smoothness.feature_weight > 0),
+                )
+                if on
+            ]
+            if needs_features:
+                raise ConfigError(
+                    "model.depth_source: ground_truth replaces the depth network (it trains the PoseNet alone); "
+                    f"switch off what needs the network: {', '.join(needs_features)}"
+                )
+            if self.pose.source != "network":
+                raise ConfigError("model.depth_source: ground_truth with pose.source: topic leaves nothing to train")
+        extr = self.pose.camera_in_body
+        if extr is not None and len(extr) != 7:
+            raise ConfigError(f"pose.camera_in_body must be [x, y, z, qx, qy, qz, qw], got {extr}")
         return self
 
 

@@ -1,4 +1,4 @@
-"""Depth and pose networks: ResNet encoder, two-branch depth decoder, fusion, PoseNet, export module.
+"""Depth and pose networks: ResNet encoder, two-branch depth decoder, fusion, PoseNet, exported module.
 
 Model units
 -----------
@@ -22,11 +22,14 @@ not a multiple of 32: the decoder upsamples to the skip connection's exact size)
 :class:`DepthModel` runs the depth net on every frame of a clip that needs a depth and the PoseNet
 on every pair, and returns the same keys with a frame offset inserted; see its docstring and the
 module docstring of :mod:`dualdepth_ros.losses` for the clip layout.
+
+:class:`ExportModule` is the depth net as it is served (fused outputs at full resolution); the
+ONNX export of it (graph names, metadata, the exporter) lives in :mod:`dualdepth_ros.inference`.
 """
 
 from __future__ import annotations
 
-import warnings
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -53,9 +56,6 @@ __all__ = [
     "build_pose_net",
     "count_parameters",
     "count_flops",
-    "export_onnx",
-    "ONNX_INPUT_NAME",
-    "ONNX_OUTPUT_NAMES",
 ]
 
 #: Registry: encoder name → residual blocks per stage (BasicBlock, ResNet-18 family).
@@ -67,10 +67,6 @@ ENCODER_BLOCKS: dict[str, tuple[int, int, int, int]] = {
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-#: Names of the exported graph's input and outputs (design.md "Model graph"; the node binds by name).
-ONNX_INPUT_NAME = "image"
-ONNX_OUTPUT_NAMES = ("depth", "confidence")
 
 
 # ---------------------------------------------------------------------------------------
@@ -304,6 +300,10 @@ class DepthNet(nn.Module):
         size = (image.shape[-2], image.shape[-1])
         for b, branch in enumerate(self.branches):
             for s, (dl, cl) in branch(feats, size).items():
+                # The heads' logits leave reduced precision here (AMP): depth, confidence and the fusion's
+                # argmax run in float32, so fp16/bf16 never flips which branch a pixel takes.
+                dl = dl.float()
+                cl = None if cl is None else cl.float()
                 out[("depth", b, s)] = disp_to_depth(dl, self.disp_scale, self.disp_offset)
                 if cl is None:
                     out[("conf", b, s)] = torch.ones_like(dl)
@@ -411,6 +411,9 @@ class DepthModel(nn.Module):
         self.layout = clip_layout(cfg)
         self.depth = build_depth_net(cfg.model)
         self.pose = build_pose_net(cfg.pose, len(self.layout.frames))
+        extr = cfg.pose.camera_in_body
+        X = torch.eye(4) if extr is None else _pose_from_xyzq(extr)
+        self.register_buffer("camera_in_body", X, persistent=False)
 
     def _image(self, batch: Mapping[Any, torch.Tensor], f: int) -> torch.Tensor:
         key = ("color_aug", f, 0)
@@ -419,34 +422,62 @@ class DepthModel(nn.Module):
     def forward(self, batch: Mapping[Any, torch.Tensor]) -> dict[Any, Any]:
         layout = self.layout
         outputs: dict[Any, Any] = {}
-        # Depth: all frames through the net in one batch (BatchNorm sees them together, as in training).
         frames = list(layout.depth_frames)
-        images = [self._image(batch, f) for f in frames]
-        bsz = images[0].shape[0]
-        depth_out = self.depth(torch.cat(images, dim=0))
+        bsz = self._image(batch, layout.target).shape[0]
+        if self.cfg.model.depth_source == "ground_truth":
+            outputs.update(self._gt_depth(batch, frames))
+        elif self.cfg.model.reference_gradients or frames == [layout.target] or not torch.is_grad_enabled():
+            # Depth: all frames through the net in one batch (BatchNorm sees them together, as in training).
+            outputs.update(self._depth_of(batch, frames, bsz))
+        else:
+            # The sources' depth is used (warps, masks, consistency) but not trained through this clip: no
+            # activations kept for them (every frame is trained as the target of its own clip).
+            outputs.update(self._depth_of(batch, [layout.target], bsz))
+            with torch.no_grad():
+                outputs.update(self._depth_of(batch, [f for f in frames if f != layout.target], bsz))
+        # Pose: the networks may run in reduced precision, the composition of motions does not.
+        if self.cfg.pose.source == "topic":
+            with torch.autocast(device_type=self._image(batch, layout.target).device.type, enabled=False):
+                outputs.update(self._topic_poses(batch))
+        else:
+            outputs.update(self._network_poses(batch, bsz))
+        return outputs
+
+    def _depth_of(self, batch: Mapping[Any, torch.Tensor], frames: list[int], bsz: int) -> dict[Any, Any]:
+        """The depth net on ``frames`` in one batch, outputs keyed by frame (module docstring)."""
+        out: dict[Any, Any] = {}
+        depth_out = self.depth(torch.cat([self._image(batch, f) for f in frames], dim=0))
         for key, value in depth_out.items():
             for i, f in enumerate(frames):
                 if key == ("features",):
-                    outputs[("features", f)] = [v[i * bsz : (i + 1) * bsz] for v in value]
+                    out[("features", f)] = [v[i * bsz : (i + 1) * bsz] for v in value]
                 else:
-                    outputs[(key[0], f, *key[1:])] = value[i * bsz : (i + 1) * bsz]
-        # Pose.
+                    out[(key[0], f, *key[1:])] = value[i * bsz : (i + 1) * bsz]
+        return out
+
+    def _network_poses(self, batch: Mapping[Any, torch.Tensor], bsz: int) -> dict[Any, torch.Tensor]:
+        """``("T", a, b)`` and ``("pose_vec", a, b)`` from the PoseNet (pose composition in float32)."""
+        layout = self.layout
+        outputs: dict[Any, torch.Tensor] = {}
+        device_type = self._image(batch, layout.target).device.type
         if self.cfg.pose.mode == "pairs":
             pairs = list(layout.pose_pairs)
             first = torch.cat([self._image(batch, a) for a, _ in pairs], dim=0)
             second = torch.cat([self._image(batch, b) for _, b in pairs], dim=0)
-            vecs = self.pose([first, second])[:, 0]
-            for i, (a, b) in enumerate(pairs):
-                vec = vecs[i * bsz : (i + 1) * bsz]
-                T = pose_vec_to_mat(vec)
-                outputs[("pose_vec", a, b)] = vec
-                outputs[("T", a, b)] = T
-                outputs[("T", b, a)] = invert_pose(T)
-        else:
-            clip = sorted(layout.frames)
-            anchor = clip[self.pose.anchor]
-            vecs = self.pose([self._image(batch, f) for f in clip])
-            refs = [f for f in clip if f != anchor]
+            vecs = self.pose([first, second])[:, 0].float()
+            with torch.autocast(device_type=device_type, enabled=False):
+                for i, (a, b) in enumerate(pairs):
+                    vec = vecs[i * bsz : (i + 1) * bsz]
+                    T = pose_vec_to_mat(vec)
+                    outputs[("pose_vec", a, b)] = vec
+                    outputs[("T", a, b)] = T
+                    outputs[("T", b, a)] = invert_pose(T)
+            return outputs
+        clip = sorted(layout.frames)
+        anchor = clip[self.pose.anchor]
+        vecs = self.pose([self._image(batch, f) for f in clip]).float()
+        refs = [f for f in clip if f != anchor]
+        with torch.autocast(device_type=device_type, enabled=False):
             T_anchor = {anchor: torch.eye(4, device=vecs.device, dtype=vecs.dtype).expand(bsz, 4, 4)}
             for i, r in enumerate(refs):
                 outputs[("pose_vec", anchor, r)] = vecs[:, i]
@@ -457,84 +488,131 @@ class DepthModel(nn.Module):
                 outputs[("T", b, a)] = invert_pose(T)
         return outputs
 
+    def _topic_poses(self, batch: Mapping[Any, Any]) -> dict[Any, torch.Tensor]:
+        """``("T", a, b)`` from the bag's pose topic instead of the PoseNet (``pose.source: topic``).
+
+        The batch holds ``("gt_pose", o)`` = ``T_{0→o}`` of the recorded frame (the camera's, or the
+        body's when ``pose.camera_in_body`` is set), already mirrored for flipped clips. With the camera
+        at ``X = T_camera_to_body``, the camera's motion is ``X⁻¹ T X``; a flipped clip sees the camera
+        mirrored too (``F X F``), so its motion is conjugated by that. Translations are multiplied by
+        ``pose.topic_scale`` (model units per metre): the network's depth ``1/(10σ + 0.01)`` learns
+        fastest in its mid range, so metres are mapped there (1/30 ≈ monodepth2's self-found scale);
+        metric depth is the output divided by ``topic_scale``.
+        """
+        missing = [o for o in self.layout.frames if ("gt_pose", o) not in batch]
+        if missing:
+            raise ValueError(
+                f"pose.source: topic needs the bag's pose for frames {missing}; set data.gt_pose_topic (--pose-topic)"
+            )
+        T0 = {o: batch[("gt_pose", o)].to(torch.float32) for o in self.layout.frames}
+        bsz = T0[0].shape[0]
+        X = self.camera_in_body.to(T0[0].device).expand(bsz, 4, 4)
+        if "flipped" in batch:
+            flip = torch.diag(torch.tensor([-1.0, 1.0, 1.0, 1.0], device=X.device))
+            mirrored = torch.as_tensor(batch["flipped"], device=X.device).view(-1, 1, 1)
+            X = torch.where(mirrored, flip @ X @ flip, X)
+        Xi = invert_pose(X)
+        out: dict[Any, torch.Tensor] = {}
+        for a, b in self.layout.pose_pairs:
+            T_body = torch.bmm(T0[b], invert_pose(T0[a]))  # T_{a→b} = T_{0→b} · T_{0→a}⁻¹
+            T = torch.bmm(Xi, torch.bmm(T_body, X))
+            T = T.clone()
+            T[:, :3, 3] *= self.cfg.pose.topic_scale
+            out[("T", a, b)] = T
+            out[("T", b, a)] = invert_pose(T)
+        return out
+
+    def _gt_depth(self, batch: Mapping[Any, Any], frames: Sequence[int]) -> dict[Any, torch.Tensor]:
+        """Depth outputs made of the bag's GT depth (``model.depth_source: ground_truth``, learning ladder).
+
+        Invalid GT (0: sky, no return) becomes the network's far limit ``1 / disp_offset``; lower
+        scales average inverse depth (as the network's multi-scale outputs are compared).
+        """
+        far = 1.0 / self.cfg.model.disp_offset
+        out: dict[Any, torch.Tensor] = {}
+        for f in frames:
+            key = ("gt_depth", f)
+            if key not in batch:
+                raise ValueError(
+                    f"model.depth_source: ground_truth needs GT depth for frame {f}; set data.gt_depth_topic"
+                )
+            d = batch[key].to(torch.float32)
+            d = torch.where(torch.isfinite(d) & (d > 0), d, torch.full_like(d, far)).clamp(max=far)
+            h, w = d.shape[-2:]
+            for s in self.cfg.model.scales:
+                ds = d if s == 0 else 1.0 / F.adaptive_avg_pool2d(1.0 / d, (-(-h // 2**s), -(-w // 2**s)))
+                ones = torch.ones_like(ds)
+                out[("depth", f, 0, s)], out[("conf", f, 0, s)] = ds, ones
+                out[("depth_fused", f, s)], out[("conf_fused", f, s)] = ds, ones
+        return out
+
+
+def _pose_from_xyzq(v: Sequence[float]) -> torch.Tensor:
+    """``4×4`` transform from ``[x, y, z, qx, qy, qz, qw]`` (a ROS pose)."""
+    x, y, z, qx, qy, qz, qw = (float(a) for a in v)
+    n = math.sqrt(qx * qx + qy * qy + qz * qz + qw * qw)
+    if n < 1e-9:
+        raise ValueError("pose.camera_in_body has a zero quaternion")
+    qx, qy, qz, qw = qx / n, qy / n, qz / n, qw / n
+    R = [
+        [1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy - qz * qw), 2 * (qx * qz + qy * qw)],
+        [2 * (qx * qy + qz * qw), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz - qx * qw)],
+        [2 * (qx * qz - qy * qw), 2 * (qy * qz + qx * qw), 1 - 2 * (qx * qx + qy * qy)],
+    ]
+    T = torch.eye(4)
+    T[:3, :3] = torch.tensor(R)
+    T[:3, 3] = torch.tensor([x, y, z])
+    return T
+
 
 # ---------------------------------------------------------------------------------------
 # Export
 # ---------------------------------------------------------------------------------------
 class ExportModule(nn.Module):
-    """The graph that is exported: ``image`` → ``depth``, ``confidence`` (+ per-branch outputs).
+    """The graph that is exported and served: ``image`` → fused depth and confidence (+ per branch).
 
-    Input ``image`` float32 ``N×3×H×W`` RGB in [0, 1]; outputs ``depth`` ``N×1×H×W`` (model units)
-    and ``confidence`` ``N×1×H×W`` in [0, 1], then with ``per_branch`` ``depth_branch{b}`` and
-    ``confidence_branch{b}`` for each branch (see :meth:`output_names`).
+    Input ``image`` float32 ``N×3×H×W`` RGB in [0, 1]. Returns a tuple, in this order: the fused
+    depth ``N×1×H×W`` float32 (model units), the fused confidence ``N×1×H×W`` float32 in [0, 1],
+    then with ``per_branch`` each branch's depth and confidence (branch 0 first). The names that
+    the ONNX graph gives them live in :mod:`dualdepth_ros.inference.metadata`.
+
+    The result equals :class:`DepthNet`'s ``("depth_fused", 0)``, ``("conf_fused", 0)``,
+    ``("depth", b, 0)``, ``("conf", b, 0)`` (only scale 0 is computed). With ``precision="fp16"``
+    the encoder and decoders run in float16 (the net's weights must already be float16:
+    ``net.half()``), while the depth and confidence activations, the comparison of the
+    confidences and the ``argmax`` run in float32: each branch's logits are cast to float32
+    before the sigmoid, so near-equal confidences are not rounded to a tie, and the inputs and
+    outputs stay float32.
     """
 
-    def __init__(self, depth_net: DepthNet, per_branch: bool = False) -> None:
+    def __init__(self, depth_net: DepthNet, per_branch: bool = False, precision: str = "fp32") -> None:
         super().__init__()
+        if precision not in ("fp32", "fp16"):
+            raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+        if 0 not in depth_net.scales:
+            raise ValueError("the exported graph needs the full-resolution scale 0 in the depth net's scales")
         self.net = depth_net
-        self.per_branch = per_branch
-
-    def output_names(self) -> list[str]:
-        names = list(ONNX_OUTPUT_NAMES)
-        if self.per_branch:
-            for b in range(self.net.num_branches):
-                names += [f"depth_branch{b}", f"confidence_branch{b}"]
-        return names
+        self.per_branch = bool(per_branch)
+        self.precision = precision
+        self.compute_dtype = torch.float16 if precision == "fp16" else torch.float32
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.net(image)
-        res = [out[("depth_fused", 0)], out[("conf_fused", 0)]]
+        net = self.net
+        feats = net.encoder(image.to(self.compute_dtype))
+        size = (image.shape[-2], image.shape[-1])
+        depths: list[torch.Tensor] = []
+        confs: list[torch.Tensor] = []
+        for branch in net.branches:
+            depth_logit, conf_logit = branch(feats, size)[0]
+            depth_logit = depth_logit.float()
+            depths.append(disp_to_depth(depth_logit, net.disp_scale, net.disp_offset))
+            confs.append(torch.ones_like(depth_logit) if conf_logit is None else torch.sigmoid(conf_logit.float()))
+        depth, conf = fuse_branches(depths, confs)
+        res = [depth, conf]
         if self.per_branch:
-            for b in range(self.net.num_branches):
-                res += [out[("depth", b, 0)], out[("conf", b, 0)]]
+            for d, c in zip(depths, confs):
+                res += [d, c]
         return tuple(res)
-
-
-def export_onnx(
-    depth_net: DepthNet,
-    path: str,
-    height: int,
-    width: int,
-    per_branch: bool = False,
-    opset: int = 18,
-    dynamic_batch: bool = False,
-    dynamo: bool | None = None,
-) -> list[str]:
-    """Export the fused model to ONNX with the fixed names of design.md; returns the output names.
-
-    ``dynamo=None`` (default) uses torch 2.13's default ``torch.export``-based exporter and falls
-    back to the (deprecated) TorchScript exporter if that raises; ``True``/``False`` force one.
-    Both give the same graph ops (Conv, Elu, Resize, Sigmoid, ArgMax, GatherElements) and outputs
-    equal to PyTorch's (checked in ``test/test_networks.py``). The model is exported in eval mode
-    (its training mode is restored afterwards).
-    """
-    was_training = depth_net.training
-    module = ExportModule(depth_net, per_branch).eval()
-    names = module.output_names()
-    dummy = torch.rand(1 if not dynamic_batch else 2, 3, height, width)
-    common = dict(input_names=[ONNX_INPUT_NAME], output_names=names, opset_version=opset)
-    try:
-        with torch.no_grad():
-            if dynamo is None or dynamo:
-                try:
-                    shapes = ({0: torch.export.Dim("batch", min=1, max=64)},) if dynamic_batch else None
-                    torch.onnx.export(
-                        module, (dummy,), path, dynamo=True, dynamic_shapes=shapes, verbose=False, **common
-                    )
-                    return names
-                except Exception as err:  # noqa: BLE001 - any exporter failure → try the other path
-                    if dynamo:
-                        raise
-                    warnings.warn(
-                        f"torch.export-based ONNX export failed ({err}); using the TorchScript exporter", stacklevel=2
-                    )
-            axes = {n: {0: "batch"} for n in [ONNX_INPUT_NAME, *names]} if dynamic_batch else None
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                torch.onnx.export(module, (dummy,), path, dynamo=False, dynamic_axes=axes, **common)
-    finally:
-        depth_net.train(was_training)
-    return names
 
 
 # ---------------------------------------------------------------------------------------
