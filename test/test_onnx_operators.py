@@ -1,16 +1,17 @@
-"""Every operator of the exported graph is one the ONNX-TensorRT parser supports, for TensorRT 8.6
-(JetPack 5) and TensorRT 10.x (JetPack 6, x86) — the closest check of the TensorRT path possible
-on a machine without TensorRT — and the graph is static, opset 17.
+"""Every operator of the exported graph is one the ONNX-TensorRT parser supports, for TensorRT
+8.6 (and 8.5: JetPack 5 / 6.0) and TensorRT 10.x (JetPack 6.1+, x86) — the closest check of the
+TensorRT path possible on a machine without TensorRT — and the graph is static, opset 17.
 
 Source: the operator support table of the ONNX-TensorRT parser, ``docs/operators.md`` in the
 ``onnx/onnx-tensorrt`` repository (columns: Operator, Supported Y/N, Supported Types,
 Restrictions), as stored in the reference index used for this work:
 
-* **TensorRT 8.6** (JetPack 5). The ``release/8.6-GA`` copy of ``docs/operators.md`` was not in
-  the index; the table below is the one headed "TensorRT 8.5 supports operators up to Opset 17"
-  (the ``release/8.5-GA`` text) plus what ``docs/Changelog.md`` lists for "TensorRT 8.6 EA" /
-  "8.6 GA": added ``GroupNormalization``, ``LayerNormalization``, ``IsInf`` (and N-D ``Trilu``,
-  a new LSTM importer); nothing removed. So 8.6 parses opset ≤ 17 and every row below.
+* **TensorRT 8.6** (and 8.5: JetPack 5.1 ships 8.5.2, JetPack 6.0 ships 8.6.2). The
+  ``release/8.6-GA`` copy of ``docs/operators.md`` was not in the index; the table below is the
+  one headed "TensorRT 8.5 supports operators up to Opset 17" (the ``release/8.5-GA`` text) plus
+  what ``docs/Changelog.md`` lists for "TensorRT 8.6 EA" / "8.6 GA": added ``GroupNormalization``,
+  ``LayerNormalization``, ``IsInf`` (and N-D ``Trilu``, a new LSTM importer); nothing removed. So
+  8.5 and 8.6 parse opset ≤ 17 and every row this graph uses, with the same restrictions.
   Restrictions of the rows this graph uses: Resize — coordinate transformation ``half_pixel``,
   ``pytorch_half_pixel``, ``tf_half_pixel_for_nn``, ``asymmetric`` or ``align_corners``; mode
   ``nearest`` or ``linear``; nearest mode ``floor``, ``ceil``, ``round_prefer_floor`` or
