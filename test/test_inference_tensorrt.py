@@ -9,8 +9,10 @@ is missing; the torch-free import of the TensorRT path.
 
 With TensorRT and a GPU (skipped elsewhere, with the reason): an engine built from the shipped
 ONNX equals ONNX Runtime (fp32: depth within 1e-3 relative, confidence within 1e-4; fp16: per
-branch within 1e-2 relative depth and 5e-3 confidence, fused: at most 0.5 % of pixels differ by
-more than 1 % relative), and a real plan with a mismatched sidecar is refused by name.
+branch 99.9 % of pixels within 1e-2 relative depth, all within 5e-2, confidence within 1e-2;
+fused: at most 0.5 % of pixels differ by more than 1 % relative; fused = the max-confidence rule
+on the engine's own per-branch outputs), and a real plan with a mismatched sidecar is refused by
+name. These bounds are stated, not yet measured: no GPU was available where they were written.
 """
 
 import enum
@@ -665,10 +667,14 @@ def test_real_engine_equals_onnxruntime(real_engines) -> None:
     assert np.mean(np.abs(a.depth - ref.depth) / ref.depth > 1e-3) <= 1e-3
     h = engines["fp16"].infer(x)
     for (d, c), (rd, rc) in zip(h.branches, ref.branches):
-        assert np.max(np.abs(d - rd) / rd) <= 1e-2 and np.max(np.abs(c - rc)) <= 5e-3
+        rel = np.abs(d - rd) / rd
+        assert np.quantile(rel, 0.999) <= 1e-2 and rel.max() <= 5e-2 and np.max(np.abs(c - rc)) <= 1e-2
     assert np.mean(np.abs(h.depth - ref.depth) / ref.depth > 1e-2) <= 5e-3
-    (c0, c1) = [c for _, c in h.branches]
-    np.testing.assert_array_equal(h.depth, np.where(c1 > c0, h.branches[1][0], h.branches[0][0]))
+    for got in (a, h):  # the fused outputs follow the rule on the engine's own per-branch outputs
+        (d0, c0), (d1, c1) = got.branches
+        clear = c0 != c1  # an exact tie may go either way in TensorRT's TopK
+        np.testing.assert_array_equal(got.depth[clear], np.where(c1 > c0, d1, d0)[clear])
+        np.testing.assert_array_equal(got.confidence, np.maximum(c0, c1))
     side = json.loads(next(out.glob("model.*fp16*.json")).read_text())
     assert side["fp32_layers"], "the fp16 engine keeps the branch comparison in fp32"
 

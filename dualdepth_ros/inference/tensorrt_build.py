@@ -1,4 +1,4 @@
-"""Build a TensorRT engine from ``model.onnx`` with the TensorRT Python API (10.x; 8.6 / JetPack 5 too).
+"""Build a TensorRT engine from ``model.onnx`` with the TensorRT Python API (10.x; 8.5/8.6, JetPack 5/6.0, too).
 
 The steps (:func:`build_engine`)::
 
@@ -8,6 +8,9 @@ The steps (:func:`build_engine`)::
         FP16 when asked, the timing cache (loaded from its file if present, saved after the build),
         a progress monitor (trt.IProgressMonitor, TensorRT ≥ 10) that logs the top-level phases
       → build_serialized_network → the plan's bytes
+
+**fp32 means fp32.** TensorRT allows TF32 convolutions by default on Ampere and later; an fp32
+build clears ``BuilderFlag.TF32`` so that its engine matches ONNX Runtime's fp32 closely.
 
 **fp16 and the fused output.** The graph fuses the two branches by ``argmax`` over their
 confidences. Built in fp16 throughout, two near-equal confidences round to a tie or swap, and
@@ -21,7 +24,7 @@ The encoder and decoders run in fp16. This is the same split as the PyTorch back
 ``--precision fp16`` ONNX export's (:class:`~dualdepth_ros.networks.ExportModule`).
 
 Why layer constraints and not a strongly typed network built from an fp16 ONNX: strongly typed
-networks exist only from TensorRT 9/10 (JetPack 5 ships 8.6), and the constraints let one fp32
+networks exist only from TensorRT 9/10 (JetPack 5 ships 8.5, JetPack 6.0 8.6), and the constraints let one fp32
 ``model.onnx`` serve every backend and both engine precisions. The tail is found on the
 TensorRT network itself (:func:`fp32_tail`: walk back from the outputs, stopping at convolution
 layers), so it does not depend on how the parser names layers; the layers it fixed are listed
@@ -171,7 +174,11 @@ def _network_layers(network: Any) -> list[LayerInfo]:
 
 
 def _constrain_tail(trt: Any, network: Any, log: Callable[[str], None]) -> list[str]:
-    """Set the fp32 tail's layers to float32 (precision and float outputs); returns their names."""
+    """Set the fp32 tail's compute layers to float32 (precision and float outputs); returns their names.
+
+    Constant layers are left alone; output types are set on float outputs only (not on TopK's
+    INT32 index), precision on layers that read or write a float tensor.
+    """
     layers = _network_layers(network)
     outputs = [network.get_output(i).name for i in range(network.num_outputs)]
     inputs = [network.get_input(i).name for i in range(network.num_inputs)]
@@ -183,6 +190,8 @@ def _constrain_tail(trt: Any, network: Any, log: Callable[[str], None]) -> list[
     names = []
     for i in tail:
         layer = network.get_layer(i)
+        if _enum_name(layer.type) == "CONSTANT":  # weights, not compute: their consumers read them in fp32
+            continue
         touched = False
         for k in range(layer.num_outputs):
             if layer.get_output(k).dtype in floats:
@@ -244,7 +253,7 @@ def build_engine(
     -------
     plan : the serialised engine's bytes.
     info : for the sidecar: ``build_seconds``, ``workspace_mb``, ``fp32_layers``, ``timing_cache``,
-        ``fast_fp16`` (whether the GPU has fast fp16).
+        ``fast_fp16`` (whether the GPU has fast fp16), ``tf32`` (whether TF32 kernels were allowed).
 
     Raises
     ------
@@ -276,6 +285,11 @@ def build_engine(
         config.max_workspace_size = int(workspace_mb) << 20
     fast_fp16 = bool(getattr(builder, "platform_has_fast_fp16", True))
     fp32_layers: list[str] = []
+    tf32 = False
+    if hasattr(trt.BuilderFlag, "TF32"):  # on by default from Ampere: fp32 convolutions would run in TF32
+        if spec.precision == "fp32":
+            config.clear_flag(trt.BuilderFlag.TF32)
+        tf32 = bool(config.get_flag(trt.BuilderFlag.TF32))
     if spec.precision == "fp16":
         if not fast_fp16:
             log(f"note: {spec.gpu_name} has no fast fp16; TensorRT may choose fp32 kernels anyway")
@@ -321,5 +335,6 @@ def build_engine(
         "fp32_layers": fp32_layers,
         "timing_cache": str(cache_path) if cache_path else None,
         "fast_fp16": fast_fp16,
+        "tf32": tf32,
     }
     return plan, info
