@@ -597,6 +597,27 @@ def test_export_engine_without_tensorrt_fails_before_exporting(tmp_path, capsys,
     assert not out.exists()
 
 
+def test_export_engine_builds_the_plan_beside_the_export(tmp_path, capsys, monkeypatch, fake_trt) -> None:
+    from dualdepth_ros.inference import tensorrt_cuda
+
+    fake = fake_trt()
+    monkeypatch.setattr(tensorrt_cuda, "open_cuda", lambda: fake.cuda)
+    out = tmp_path / "exported"
+    argv = ["export", "--checkpoint", str(REPO / "models" / "dualdepth_default.pt"), "--out", str(out)]
+    rc = main(argv + ["--per-branch", "--engine", "--engine-precision", "fp16", "--workspace-mb", "512"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    md = load_metadata(out)
+    key = f"{md.onnx_sha256[:16]}-trt10.3.0-sm89-fp16-1x3x48x160"
+    assert fake.builds == [key]
+    assert (out / f"model.{key}.plan").is_file() and (out / f"model.{key}.json").is_file()
+    assert json.loads((out / f"model.{key}.json").read_text())["workspace_mb"] == 512
+    assert f"wrote {out / f'model.{key}.plan'} and its sidecar (fp16 TensorRT engine)" in captured.out
+    assert "TensorRT engine: force_engine_update is set: rebuilding" in captured.err
+    rc = main(argv + ["--overwrite", "--engine", "--workspace-mb", "0"])
+    assert rc == 2 and "--workspace-mb must be a positive number" in capsys.readouterr().err
+
+
 TORCH_FREE = r"""
 import importlib.abc, sys
 
