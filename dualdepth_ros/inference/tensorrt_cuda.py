@@ -3,11 +3,12 @@
 TensorRT's Python API runs an engine on device addresses and a CUDA stream but allocates
 neither. This module finds a library that does, without adding a dependency:
 
-1. **torch**, when it is importable and sees a CUDA device (device buffers are CUDA tensors,
-   host buffers pinned tensors, copies on a ``torch.cuda.Stream``);
-2. **cuda-python** (``cuda.bindings.runtime`` or the older ``cuda.cudart``), NVIDIA's own
+1. **cuda-python** (``cuda.bindings.runtime`` or the older ``cuda.cudart``), NVIDIA's own
    bindings, ``pip install cuda-python``;
-3. **pycuda** (``pycuda.driver``), ``pip install pycuda``.
+2. **pycuda** (``pycuda.driver``), ``pip install pycuda``;
+3. **torch**, when it is importable and sees a CUDA device (device buffers are CUDA tensors,
+   host buffers pinned tensors, copies on a ``torch.cuda.Stream``) — last, so that the TensorRT
+   path stays torch-free wherever one of the others is installed.
 
 :func:`open_cuda` returns the first that starts as a :class:`CudaMemory`; when none does it
 raises :class:`BackendUnavailableError` saying what to install. Importing this module imports
@@ -339,11 +340,13 @@ class PyCuda(CudaMemory):
         self._ctx.detach()
 
 
-#: (name, class, module that must import) in the order :func:`open_cuda` tries them.
+#: (name, class, module that must import) in the order :func:`open_cuda` tries them. The torch-free
+#: providers come first, so that serving with TensorRT never imports torch where cuda-python or pycuda
+#: is installed (design.md: the TensorRT path imports neither torch nor rosbags).
 PROVIDERS: tuple[tuple[str, type[CudaMemory], str], ...] = (
-    ("torch", TorchCuda, "torch"),
     ("cuda-python", CudaPython, "cuda"),
     ("pycuda", PyCuda, "pycuda.driver"),
+    ("torch", TorchCuda, "torch"),
 )
 
 
