@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "dualdepth_ros.inference.cli",
         "export a checkpoint to ONNX + model.json (+ weights.pt) for the backends",
     ),
-    "bench": ("dualdepth_ros.bench", "run a benchmark (rendering, training step, training throughput)"),
+    "bench": ("dualdepth_ros.bench", "run a benchmark (rendering, training, memory, inference)"),
 }
 
 

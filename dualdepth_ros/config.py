@@ -50,6 +50,7 @@ __all__ = [
     "SmoothnessConfig",
     "TwoBranchConfig",
     "ConfidenceConfig",
+    "PosePriorConfig",
     "LossConfig",
     "OptimConfig",
     "Config",
@@ -196,6 +197,12 @@ class TwoBranchConfig:
 
 
 @dataclasses.dataclass
+class PosePriorConfig:
+    enabled: bool = False
+    weight: float = 0.1
+
+
+@dataclasses.dataclass
 class ConfidenceConfig:
     selection_weight: float = 0.1
     selection_tau: float = 0.01
@@ -213,6 +220,7 @@ class LossConfig:
     temporal: TemporalConfig = dataclasses.field(default_factory=TemporalConfig)
     two_branch: TwoBranchConfig = dataclasses.field(default_factory=TwoBranchConfig)
     confidence: ConfidenceConfig = dataclasses.field(default_factory=ConfidenceConfig)
+    pose_prior: PosePriorConfig = dataclasses.field(default_factory=PosePriorConfig)
 
 
 @dataclasses.dataclass

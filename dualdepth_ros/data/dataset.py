@@ -228,6 +228,7 @@ class ClipDataset(Dataset):
         split: Literal["train", "val", "all"] = "train",
         augment: bool | None = None,
         gt_all_frames: bool = False,
+        epipolar: bool = False,
     ) -> None:
         if split not in ("train", "val", "all"):
             raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
@@ -236,6 +237,8 @@ class ClipDataset(Dataset):
         self.split = split
         self.augment = (split == "train") if augment is None else bool(augment)
         self.gt_all_frames = bool(gt_all_frames)
+        self.epipolar = bool(epipolar)
+        self._epipolar_cache: dict[tuple[int, int, int], np.ndarray | None] = {}
         self.offsets = [int(o) for o in config.frame_offsets]
         self._centre = self.offsets.index(0)
         self.jitter = ColorJitter(config.brightness, config.contrast, config.saturation, config.hue, config.color_aug_p)
@@ -283,6 +286,25 @@ class ClipDataset(Dataset):
 
     def __len__(self) -> int:
         return int(self._frames.shape[0])
+
+    def _epipolar_motions(self, store: FrameStore, frames: np.ndarray, centre: int, flip: bool) -> dict:
+        """``("epipolar", a, b)``: ``T_a_to_b`` with unit translation from the images alone (NaN if unsure),
+        for each adjacent pair of the clip; see :mod:`.epipolar` (cached per frame pair).
+        """
+        from .epipolar import epipolar_motion
+
+        K = store.K(centre).matrix()
+        out = {}
+        sid = self.stores.index(store)
+        order = sorted(zip(self.offsets, frames))
+        for (a, fa), (b, fb) in zip(order, order[1:]):
+            key = (sid, int(fa), int(fb))
+            if key not in self._epipolar_cache:
+                self._epipolar_cache[key] = epipolar_motion(np.asarray(store.rgb[fa]), np.asarray(store.rgb[fb]), K)
+            T = self._epipolar_cache[key]
+            t = torch.full((4, 4), float("nan")) if T is None else torch.from_numpy(T)
+            out[("epipolar", a, b)] = flip_pose(t) if (flip and T is not None) else t
+        return out
 
     def drop_clips_without_pose(self) -> int:
         """Keep only clips whose every frame has a recorded pose (``pose.source: topic``); returns how many went."""
@@ -333,6 +355,8 @@ class ClipDataset(Dataset):
             for o, f in zip(self.offsets, frames):
                 T = relative_pose(P0, torch.from_numpy(np.asarray(store.gt_pose[f]))[None])[0]
                 item[("gt_pose", o)] = (flip_pose(T) if flip else T).float()
+        if self.epipolar:
+            item.update(self._epipolar_motions(store, frames, centre, flip))
         item["stamp"] = int(store.stamps[centre])
         item["index"] = int(index)
         item["flipped"] = bool(flip)

@@ -24,7 +24,16 @@ from .photometric import masked_mean
 from .registry import loss_term
 from .two_branch import confidence_loss, two_branch_terms
 
-__all__ = ["photometric", "structure", "smoothness", "temporal", "featuremetric", "two_branch", "confidence"]
+__all__ = [
+    "photometric",
+    "structure",
+    "smoothness",
+    "temporal",
+    "featuremetric",
+    "two_branch",
+    "confidence",
+    "pose_prior",
+]
 
 
 @loss_term(
@@ -215,3 +224,32 @@ def confidence(ctx: LossContext, cfg: Any) -> dict[str, torch.Tensor]:
             sel = sel + sl / len(grids) / len(scales)
             cal = cal + cl / len(grids) / len(scales)
     return {"conf_selection": sel, "conf_calibration": cal}
+
+
+@loss_term(
+    "pose_prior",
+    weights={"pose_prior": "weight"},
+    source="ours: two-view geometry of the images (five-point RANSAC, data/epipolar.py); odometry-free",
+)
+def pose_prior(ctx: LossContext, cfg: Any) -> dict[str, torch.Tensor]:
+    """PoseNet rotation and translation direction against the images' own epipolar geometry.
+
+    Per adjacent pair with an estimate (``("epipolar", a, b)`` in the batch, NaN where RANSAC was
+    unsure): ``‖R − R̂‖_F / √2 + ‖t/|t| − t̂‖`` (each ≈ the angle in radians for small errors). The
+    translation's length, which two images cannot give, is left to the photometric loss.
+    """
+    total, count = 0.0, 0.0
+    for a, b in ctx.layout.pose_pairs:
+        prior = ctx.batch.get(("epipolar", a, b))
+        if prior is None:
+            continue
+        prior = prior.float().to(ctx.device)
+        ok = torch.isfinite(prior).flatten(1).all(1).float()
+        prior = torch.nan_to_num(prior)
+        T = ctx.T(a, b)
+        rot = (T[:, :3, :3] - prior[:, :3, :3]).flatten(1).norm(dim=1) / 2**0.5
+        t = T[:, :3, 3]
+        direction = t / t.norm(dim=1, keepdim=True).clamp(min=1e-4)
+        total = total + ok * (rot + (direction - prior[:, :3, 3]).norm(dim=1))
+        count = count + ok
+    return {"pose_prior": total / torch.as_tensor(count).clamp(min=1.0)}

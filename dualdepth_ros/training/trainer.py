@@ -183,8 +183,9 @@ class Trainer:
             torch.distributed.barrier()
         gt_depth_all = cfg.model.depth_source == "ground_truth"
         self._check_ground_truth_sources(stores)
-        self.train_set = ClipDataset(stores, self.data_cfg, "train", gt_all_frames=gt_depth_all)
-        self.val_set = ClipDataset(stores, self.data_cfg, "val", gt_all_frames=gt_depth_all)
+        epipolar = cfg.loss.pose_prior.enabled and cfg.loss.pose_prior.weight > 0
+        self.train_set = ClipDataset(stores, self.data_cfg, "train", gt_all_frames=gt_depth_all, epipolar=epipolar)
+        self.val_set = ClipDataset(stores, self.data_cfg, "val", gt_all_frames=gt_depth_all, epipolar=epipolar)
         self.stores = stores
         if cfg.pose.source == "topic":
             for split in (self.train_set, self.val_set):
