@@ -51,6 +51,7 @@ __all__ = [
     "TwoBranchConfig",
     "ConfidenceConfig",
     "PosePriorConfig",
+    "ScaleAnchorConfig",
     "LossConfig",
     "OptimConfig",
     "Config",
@@ -203,6 +204,13 @@ class PosePriorConfig:
 
 
 @dataclasses.dataclass
+class ScaleAnchorConfig:
+    enabled: bool = False
+    weight: float = 0.1
+    log_depth: float = 0.0
+
+
+@dataclasses.dataclass
 class ConfidenceConfig:
     selection_weight: float = 0.1
     selection_tau: float = 0.01
@@ -221,6 +229,7 @@ class LossConfig:
     two_branch: TwoBranchConfig = dataclasses.field(default_factory=TwoBranchConfig)
     confidence: ConfidenceConfig = dataclasses.field(default_factory=ConfidenceConfig)
     pose_prior: PosePriorConfig = dataclasses.field(default_factory=PosePriorConfig)
+    scale_anchor: ScaleAnchorConfig = dataclasses.field(default_factory=ScaleAnchorConfig)
 
 
 @dataclasses.dataclass

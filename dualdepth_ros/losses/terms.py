@@ -33,6 +33,7 @@ __all__ = [
     "two_branch",
     "confidence",
     "pose_prior",
+    "scale_anchor",
 ]
 
 
@@ -253,3 +254,23 @@ def pose_prior(ctx: LossContext, cfg: Any) -> dict[str, torch.Tensor]:
         total = total + ok * (rot + (direction - prior[:, :3, 3]).norm(dim=1))
         count = count + ok
     return {"pose_prior": total / torch.as_tensor(count).clamp(min=1.0)}
+
+
+@loss_term(
+    "scale_anchor",
+    weights={"scale_anchor": "weight"},
+    enabled=lambda cfg: cfg.loss.scale_anchor.enabled and cfg.pose.source == "network",
+    source="ours (the gauge of monocular SfM, cf. Wang et al. 2018 depth normalisation)",
+)
+def scale_anchor(ctx: LossContext, cfg: Any) -> dict[str, torch.Tensor]:
+    """Fix the one free global scale: the batch's mean log depth (target frames, scale 0) at ``log_depth``.
+
+    Depth and the PoseNet's translations are known only up to one common factor; left free it can
+    drift until depth saturates at the head's limits (``1/(10σ + 0.01)`` ∈ [0.1, 100]), where its
+    gradient vanishes. This pins that factor (``(mean log D − c)²`` over the whole batch, the same
+    value for every sample) and nothing else: per-image and per-pixel depth stay free, and the
+    translations take whatever scale the depth has.
+    """
+    d = ctx.depth(ctx.layout.target, 0)
+    value = (torch.log(d.clamp(min=1e-3)).mean() - cfg.log_depth) ** 2
+    return {"scale_anchor": value.expand(ctx.bsz)}
