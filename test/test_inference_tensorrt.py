@@ -582,8 +582,8 @@ def test_without_cuda_memory_the_message_names_the_packages(monkeypatch) -> None
     with pytest.raises(BackendUnavailableError) as e:
         open_cuda()
     assert one_line(e) == (
-        "no CUDA memory for TensorRT (torch: torch sees no CUDA device; "
-        "cuda-python: not importable (ModuleNotFoundError); pycuda: not importable (ModuleNotFoundError)); "
+        "no CUDA memory for TensorRT (cuda-python: not importable (ModuleNotFoundError); "
+        "pycuda: not importable (ModuleNotFoundError); torch: torch sees no CUDA device); "
         "pip install cuda-python (or pycuda), or a CUDA build of torch"
     )
 
