@@ -207,7 +207,7 @@ class PosePriorConfig:
 class ScaleAnchorConfig:
     enabled: bool = False
     weight: float = 0.1
-    log_depth: float = 0.0
+    translation: float = 0.03
 
 
 @dataclasses.dataclass

@@ -7,6 +7,7 @@ Registration order is evaluation order.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -263,14 +264,16 @@ def pose_prior(ctx: LossContext, cfg: Any) -> dict[str, torch.Tensor]:
     source="ours (the gauge of monocular SfM, cf. Wang et al. 2018 depth normalisation)",
 )
 def scale_anchor(ctx: LossContext, cfg: Any) -> dict[str, torch.Tensor]:
-    """Fix the one free global scale: the batch's mean log depth (target frames, scale 0) at ``log_depth``.
+    """Fix the one free global scale: the batch's mean translation per frame at ``translation`` model units.
 
     Depth and the PoseNet's translations are known only up to one common factor; left free it can
     drift until depth saturates at the head's limits (``1/(10σ + 0.01)`` ∈ [0.1, 100]), where its
-    gradient vanishes. This pins that factor (``(mean log D − c)²`` over the whole batch, the same
-    value for every sample) and nothing else: per-image and per-pixel depth stay free, and the
-    translations take whatever scale the depth has.
+    gradient vanishes. This pins that factor, ``(log mean |t| − log t₀)²`` over every pair of the
+    batch (the same value for every sample), and nothing else: the ratios between the pairs' motions
+    (speed changes) and all of depth stay free, and depth takes whatever scale the motion has. It is
+    put on the motion, not on depth, because a mean over depth pixels can be met by pushing pixels
+    that no loss sees (image borders) to the far limit.
     """
-    d = ctx.depth(ctx.layout.target, 0)
-    value = (torch.log(d.clamp(min=1e-3)).mean() - cfg.log_depth) ** 2
+    ts = torch.stack([ctx.T(a, b)[:, :3, 3].norm(dim=1) for a, b in ctx.layout.pose_pairs])
+    value = (torch.log(ts.mean().clamp(min=1e-6)) - math.log(cfg.translation)) ** 2
     return {"scale_anchor": value.expand(ctx.bsz)}
