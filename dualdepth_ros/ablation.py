@@ -29,6 +29,9 @@ VARIANTS: list[tuple[str, str, str]] = [
     ("no_structure", "full − structure consistency", "ablations/no_structure.yaml"),
     ("no_featuremetric", "full − feature-metric", "ablations/no_featuremetric.yaml"),
     ("no_temporal", "full − temporal term", "ablations/no_temporal.yaml"),
+    ("no_two_branch", "full − two-branch rule (one branch, every other term)", "ablations/no_two_branch.yaml"),
+    ("no_pose_prior", "full − epipolar pose prior", "ablations/no_pose_prior.yaml"),
+    ("no_scale_anchor", "full − scale anchor", "ablations/no_scale_anchor.yaml"),
 ]
 
 #: The learning ladder (issue: "where does learning fail?"): each rung replaces one network by ground truth.
@@ -41,6 +44,8 @@ LADDER: list[tuple[str, str, str]] = [
     ),
     ("monodepth2", "monodepth2 baseline, self-supervised", "ablations/monodepth2.yaml"),
     ("depth_gt_pose", "depth net alone (full method), ground-truth motion", "ladder/depth_gt_pose.yaml"),
+    ("full_unanchored", "full method without pose prior and scale anchor (before the fix)", "ladder/unanchored.yaml"),
+    ("monodepth2_anchored", "monodepth2 baseline + pose prior + scale anchor", "ladder/monodepth2_anchored.yaml"),
     ("full", "full method, self-supervised", "train.yaml"),
 ]
 

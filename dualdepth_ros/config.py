@@ -199,13 +199,13 @@ class TwoBranchConfig:
 
 @dataclasses.dataclass
 class PosePriorConfig:
-    enabled: bool = False
+    enabled: bool = True
     weight: float = 0.1
 
 
 @dataclasses.dataclass
 class ScaleAnchorConfig:
-    enabled: bool = False
+    enabled: bool = True
     weight: float = 0.1
     translation: float = 0.03
 

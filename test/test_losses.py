@@ -503,7 +503,9 @@ def test_overfit_one_tiny_clip(repo_root) -> None:
     torch.manual_seed(0)
     cfg = load_config(
         repo_root / "config/ablations/overfit.yaml",
-        overrides=["loss.two_branch.gate=false", "loss.photometric.automask=false"],
+        # The scale anchor is off: its transient (the translation growing from ~0 to its anchored size
+        # while depth follows) is longer than these 20 steps and raises the photometric term meanwhile.
+        overrides=["loss.two_branch.gate=false", "loss.photometric.automask=false", "loss.scale_anchor.enabled=false"],
     )
     batch, gt = synth_clip(t0=5.0)  # one tiny clip of the synthetic drive (≈1 m forward per frame)
     photo_gt = compute_losses(batch, _gt_outputs(cfg, batch, gt), cfg)[1]["photometric"].item()

@@ -173,17 +173,18 @@ def compute_losses(
     lc = cfg.loss
     zero = torch.zeros(ctx.bsz, device=ctx.device)
     with fp32(ctx.device.type):
-        values: dict[str, tuple[float, torch.Tensor]] = {}
-        for term in enabled_terms(cfg):
-            section = getattr(lc, term.name)
-            for name, value in term.fn(ctx, section).items():
-                values[name] = (float(getattr(section, term.weights[name])), value + zero)
         gate = torch.ones_like(zero)
         stat = torch.zeros_like(zero)
         if lc.two_branch.enabled:
             stat = ctx.gate_statistic()
             if lc.two_branch.gate:
                 gate = (stat < lc.two_branch.gate_threshold).to(zero.dtype)
+        ctx.gate = gate  # batch-level terms (the scale anchor) leave gated samples out too
+        values: dict[str, tuple[float, torch.Tensor]] = {}
+        for term in enabled_terms(cfg):
+            section = getattr(lc, term.name)
+            for name, value in term.fn(ctx, section).items():
+                values[name] = (float(getattr(section, term.weights[name])), value + zero)
         kept = gate.sum().clamp(min=1.0)
         per_sample = zero
         out: dict[str, torch.Tensor] = {}

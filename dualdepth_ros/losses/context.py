@@ -93,6 +93,8 @@ class LossContext:
         self.bsz = int(img0.shape[0])
         self.device = img0.device
         self.K = batch[("K", 0)].float()
+        #: ``B`` per-sample weights of the two-branch gate (1 = kept); set by compute_losses before the terms.
+        self.gate = torch.ones(self.bsz, device=self.device)
         self._cache: dict[Any, Any] = {}
 
     def _cached(self, key: Any, make: Any) -> Any:

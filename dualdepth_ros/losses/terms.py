@@ -231,6 +231,7 @@ def confidence(ctx: LossContext, cfg: Any) -> dict[str, torch.Tensor]:
 @loss_term(
     "pose_prior",
     weights={"pose_prior": "weight"},
+    enabled=lambda cfg: cfg.loss.pose_prior.enabled and cfg.pose.source == "network",
     source="ours: two-view geometry of the images (five-point RANSAC, data/epipolar.py); odometry-free",
 )
 def pose_prior(ctx: LossContext, cfg: Any) -> dict[str, torch.Tensor]:
@@ -269,11 +270,12 @@ def scale_anchor(ctx: LossContext, cfg: Any) -> dict[str, torch.Tensor]:
     Depth and the PoseNet's translations are known only up to one common factor; left free it can
     drift until depth saturates at the head's limits (``1/(10σ + 0.01)`` ∈ [0.1, 100]), where its
     gradient vanishes. This pins that factor, ``(log mean |t| − log t₀)²`` over every pair of the
-    batch (the same value for every sample), and nothing else: the ratios between the pairs' motions
+    samples the gate keeps (the same value for every sample), and nothing else: the ratios between the pairs' motions
     (speed changes) and all of depth stay free, and depth takes whatever scale the motion has. It is
     put on the motion, not on depth, because a mean over depth pixels can be met by pushing pixels
     that no loss sees (image borders) to the far limit.
     """
-    ts = torch.stack([ctx.T(a, b)[:, :3, 3].norm(dim=1) for a, b in ctx.layout.pose_pairs])
-    value = (torch.log(ts.mean().clamp(min=1e-6)) - math.log(cfg.translation)) ** 2
+    ts = torch.stack([ctx.T(a, b)[:, :3, 3].norm(dim=1) for a, b in ctx.layout.pose_pairs]).mean(0)
+    mean = (ts * ctx.gate).sum() / ctx.gate.sum().clamp(min=1.0)  # over the samples the gate keeps
+    value = (torch.log(mean.clamp(min=1e-6)) - math.log(cfg.translation)) ** 2
     return {"scale_anchor": value.expand(ctx.bsz)}

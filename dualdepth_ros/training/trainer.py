@@ -41,7 +41,7 @@ from ..config import (
 from ..data import ClipDataset, DataConfig, load_stores
 from ..data.batch import to_model_batch
 from ..errors import DualDepthError
-from ..losses import SelfSupervisedLoss, clip_layout
+from ..losses import SelfSupervisedLoss, clip_layout, enabled_terms
 from ..networks import DepthModel, count_parameters
 from . import distributed
 from .checkpoint import atomic_save, load_checkpoint, make_checkpoint, rng_state, set_rng_state
@@ -183,7 +183,7 @@ class Trainer:
             torch.distributed.barrier()
         gt_depth_all = cfg.model.depth_source == "ground_truth"
         self._check_ground_truth_sources(stores)
-        epipolar = cfg.loss.pose_prior.enabled and cfg.loss.pose_prior.weight > 0
+        epipolar = any(t.name == "pose_prior" for t in enabled_terms(cfg)) and cfg.loss.pose_prior.weight > 0
         self.train_set = ClipDataset(stores, self.data_cfg, "train", gt_all_frames=gt_depth_all, epipolar=epipolar)
         self.val_set = ClipDataset(stores, self.data_cfg, "val", gt_all_frames=gt_depth_all, epipolar=epipolar)
         self.stores = stores
