@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pack": ("dualdepth_ros.training.pack", "strip a training checkpoint into a small model file to ship"),
     "ablate": ("dualdepth_ros.ablation", "run the ablation study (equal budget) and write its table"),
     "eval": ("dualdepth_ros.evaluate", "evaluate a checkpoint on a bag with ground-truth depth"),
+    "infer": ("dualdepth_ros.ros.infer", "run the depth node's processing over a bag and write a bag with its outputs"),
     "bench": ("dualdepth_ros.bench", "run a benchmark (rendering, training step, training throughput)"),
 }
 
