@@ -47,6 +47,9 @@ RELIABILITIES = ("best_effort", "reliable", "system_default")
 DURABILITIES = ("volatile", "transient_local", "system_default")
 
 
+_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
 class ParameterError(DualDepthError):
     """A parameter value the node cannot use (the message names the parameter and the rule)."""
 
@@ -77,7 +80,7 @@ class Param:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            return f"{self.name} must be a {kind.__name__}, got {value!r}"
+            return f"{self.name} must be {_KIND_NAMES[kind]}, got {value!r}"
         if self.choices and value not in self.choices:
             return f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}"
         if kind in (int, float):
