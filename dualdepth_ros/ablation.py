@@ -31,6 +31,25 @@ VARIANTS: list[tuple[str, str, str]] = [
     ("no_temporal", "full − temporal term", "ablations/no_temporal.yaml"),
 ]
 
+#: The learning ladder (issue: "where does learning fail?"): each rung replaces one network by ground truth.
+LADDER: list[tuple[str, str, str]] = [
+    ("pose_gt_depth", "PoseNet alone, ground-truth depth", "ladder/pose_gt_depth.yaml"),
+    (
+        "depth_gt_pose_monodepth2",
+        "depth net alone (monodepth2 losses), ground-truth motion",
+        "ladder/depth_gt_pose_monodepth2.yaml",
+    ),
+    ("monodepth2", "monodepth2 baseline, self-supervised", "ablations/monodepth2.yaml"),
+    ("depth_gt_pose", "depth net alone (full method), ground-truth motion", "ladder/depth_gt_pose.yaml"),
+    ("full", "full method, self-supervised", "train.yaml"),
+]
+
+#: ``--variants`` name → (variants, default budget file).
+VARIANT_SETS: dict[str, tuple[list[tuple[str, str, str]], str]] = {
+    "ablation": (VARIANTS, "ablation_budget.yaml"),
+    "ladder": (LADDER, "ladder_budget.yaml"),
+}
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bag", action="append", required=True, metavar="DIR", help="training bag(s)")
@@ -43,20 +62,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", required=True, metavar="DIR", help="one run directory per variant goes here")
     p.add_argument(
+        "--variants",
+        choices=sorted(VARIANT_SETS),
+        default="ablation",
+        help="ablation: the full method minus one term at a time; ladder: each network replaced by ground truth "
+        "in turn, with held-out curves by step",
+    )
+    p.add_argument(
         "--budget",
-        default=str(CONFIG_DIR / "ablation_budget.yaml"),
         metavar="YAML",
-        help="the equal budget stacked on every variant (no `base:` key)",
+        help="the equal budget stacked on every variant (no `base:` key); default "
+        "config/ablation_budget.yaml or config/ladder_budget.yaml",
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every variant")
-    p.add_argument("--only", action="append", choices=[v[0] for v in VARIANTS], help="run only these variants")
+    p.add_argument(
+        "--only",
+        action="append",
+        choices=sorted({v[0] for vs, _ in VARIANT_SETS.values() for v in vs}),
+        help="run only these variants",
+    )
     p.add_argument("--gt-depth-topic", help="GT depth topic of the held-out bags (default: as `dualdepth eval`)")
     p.add_argument("--table", metavar="MD", help="write the Markdown table here (e.g. docs/ablation.md)")
     p.add_argument("--json", metavar="FILE", help="write all results as JSON")
     p.add_argument("--no-progress", action="store_true")
 
 
-def _row(label: str, summary: dict[str, Any], train_seconds: float | None = None) -> list[str]:
+def _row(
+    label: str, summary: dict[str, Any], train_seconds: float | None = None, ground_truth: tuple[str, ...] = ()
+) -> list[str]:
     def get(*path: str) -> float | None:
         node: Any = summary
         for key in path:
@@ -68,22 +101,25 @@ def _row(label: str, summary: dict[str, Any], train_seconds: float | None = None
     def fmt(v: float | None, digits: int = 3) -> str:
         return "—" if v is None else f"{v:.{digits}f}"
 
+    depth = "depth" not in ground_truth  # a rung that takes depth from ground truth has no depth metrics
     return [
         label,
-        fmt(get("median_scaled", "abs_rel")),
-        fmt(get("median_scaled", "a1")),
-        fmt(get("confidence", "ause", "abs_rel"), 4),
-        fmt(get("confidence", "aurg", "abs_rel"), 4),
-        fmt(get("temporal", "ratio")),
+        fmt(get("median_scaled", "abs_rel") if depth else None),
+        fmt(get("median_scaled", "a1") if depth else None),
+        fmt(get("confidence", "ause", "abs_rel") if depth else None, 4),
+        fmt(get("confidence", "aurg", "abs_rel") if depth else None, 4),
+        fmt(get("temporal", "ratio") if depth else None),
+        fmt(get("pose", "ate_mean") if "pose" not in ground_truth else None),
         "—" if train_seconds is None else f"{train_seconds / 60:.1f}",
     ]
 
 
 def format_table(results: list[dict[str, Any]], budget: str, reference: dict[str, Any] | None = None) -> str:
-    head = ["variant", "AbsRel ↓", "δ<1.25 ↑", "AUSE ↓", "AURG ↑", "temporal ratio ↓", "train min"]
+    head = ["variant", "AbsRel ↓", "δ<1.25 ↑", "AUSE ↓", "AURG ↑", "temporal ratio ↓", "ATE m ↓", "train min"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
-        lines.append("| " + " | ".join(_row(r["label"], r["eval"], r.get("train_seconds"))) + " |")
+        cells = _row(r["label"], r["eval"], r.get("train_seconds"), tuple(r.get("ground_truth", ())))
+        lines.append("| " + " | ".join(cells) + " |")
     if reference is not None:
         # A constant has no confidence and no frame-to-frame change: only its depth metrics mean something.
         cells = _row(REFERENCE_LABEL, reference)[:3] + ["—"] * (len(head) - 3)
@@ -130,13 +166,32 @@ def run(args: argparse.Namespace) -> int:
     from .training.checkpoint import load_checkpoint, model_from_checkpoint
     from .training.trainer import train
 
-    budget = Path(args.budget)
+    variants, default_budget = VARIANT_SETS[args.variants]
+    budget = Path(args.budget or CONFIG_DIR / default_budget)
     if not budget.is_file():
         raise DualDepthError(f"budget file not found: {budget}")
     out = Path(args.out)
     results = []
     reference = budget_text = None
-    for slug, label, cfg_file in VARIANTS:
+    frames_cache: dict[tuple[int, int], list[Any]] = {}
+
+    def heldout_frames(loaded: Any) -> list[Any]:
+        w, h = loaded.cfg.input.width, loaded.cfg.input.height
+        if (w, h) not in frames_cache:
+            frames = []
+            for bag in args.heldout:  # GT topics found as `dualdepth eval` finds them (depth, pose, moving mask)
+                topics = resolve_gt_topics(bag, gt_depth_topic=args.gt_depth_topic)
+                data = dataclasses.replace(
+                    loaded.data,
+                    gt_depth_topic=topics["gt_depth"],
+                    gt_pose_topic=topics["gt_pose"],
+                    gt_moving_mask_topic=topics["gt_moving_mask"],
+                )
+                frames.extend(FrameSequence.from_bag(bag, data, w, h))
+            frames_cache[(w, h)] = frames
+        return frames_cache[(w, h)]
+
+    for slug, label, cfg_file in variants:
         if args.only and slug not in args.only:
             continue
         run_dir = out / slug
@@ -148,19 +203,14 @@ def run(args: argparse.Namespace) -> int:
             train(args.bag, run_dir, configs, list(args.set), resume=last.exists(), progress=not args.no_progress)
             ckpt = load_checkpoint(last)
         loaded = model_from_checkpoint(ckpt)
-        w, h = loaded.cfg.input.width, loaded.cfg.input.height
-        frames = []
-        for bag in args.heldout:  # GT topics found as `dualdepth eval` finds them (depth, pose, moving mask)
-            topics = resolve_gt_topics(bag, gt_depth_topic=args.gt_depth_topic)
-            data = dataclasses.replace(
-                loaded.data,
-                gt_depth_topic=topics["gt_depth"],
-                gt_pose_topic=topics["gt_pose"],
-                gt_moving_mask_topic=topics["gt_moving_mask"],
-            )
-            frames.extend(FrameSequence.from_bag(bag, data, w, h))
+        frames = heldout_frames(loaded)
         summary = _summary(evaluate_sequence(loaded, frames))
         seconds = _train_seconds(run_dir, ckpt)
+        curve = []
+        for snap in sorted((run_dir / "snapshots").glob("step_*.pt")):
+            snap_ckpt = load_checkpoint(snap)
+            point = _summary(evaluate_sequence(model_from_checkpoint(snap_ckpt), frames))
+            curve.append({"step": int(snap_ckpt["step"]), **_curve_point(point, loaded.cfg)})
         results.append(
             {
                 "slug": slug,
@@ -168,9 +218,14 @@ def run(args: argparse.Namespace) -> int:
                 "configs": [_display_path(c) for c in configs],
                 "eval": summary,
                 "train_seconds": seconds,
+                "curve": curve,
+                "ground_truth": _replaced_by_ground_truth(loaded.cfg),
             }
         )
-        print(f"[{slug}] " + " | ".join(_row(label, summary, seconds)[1:]), flush=True)
+        gt_parts = tuple(_replaced_by_ground_truth(loaded.cfg))
+        print(f"[{slug}] " + " | ".join(_row(label, summary, seconds, gt_parts)[1:]), flush=True)
+        for point in curve:
+            print(f"[{slug}]   step {point['step']}: {_format_point(point)}", flush=True)
         if reference is None:  # the budget's input size and frames are the same for every variant
             budget_text = describe_budget(loaded.cfg, int(ckpt["total_steps"]), [_display_path(budget)], list(args.set))
             loaded.model.depth = ConstantDepthNet()
@@ -178,21 +233,71 @@ def run(args: argparse.Namespace) -> int:
     if not results:
         raise DualDepthError("no variant was run")
     table = format_table(results, budget_text or "", reference)
+    if any(r["curve"] for r in results):
+        table += "\n" + format_curves(results)
     print(table)
     if args.table:
         Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+        title = "Learning ladder" if args.variants == "ladder" else "Ablation"
         Path(args.table).write_text(
-            "# Ablation on the held-out synthetic drive\n\n"
-            "Produced by `make ablation` (`dualdepth ablate`). Median-scaled depth metrics (method.md §8); "
+            f"# {title} on the held-out synthetic drive\n\n"
+            f"Produced by `dualdepth ablate --variants {args.variants}`. Median-scaled depth metrics (method.md §8); "
             "AUSE/AURG of the fused confidence for AbsRel (— where a variant has no confidence); temporal "
             "ratio = frame-to-frame depth change of the prediction / that of the ground truth on static pixels; "
-            "train min = training wall time on the machine that ran it. The last row scores a constant depth "
-            "through the same pipeline: the floor a model with any structure must beat.\n\n" + table
+            "train min = training wall time on the machine that ran it. The constant-depth row scores a constant "
+            "depth through the same pipeline: the floor a model with any structure must beat.\n\n" + table
         )
     if args.json:
         payload = {"budget": budget_text, "variants": results, "constant_reference": reference}
         Path(args.json).write_text(json.dumps(payload, indent=2, default=float))
     return 0
+
+
+def _replaced_by_ground_truth(cfg: Any) -> list[str]:
+    """Which network a variant replaced by ground truth (its own metrics are then meaningless)."""
+    out = []
+    if cfg.model.depth_source == "ground_truth":
+        out.append("depth")
+    if cfg.pose.source == "topic":
+        out.append("pose")
+    return out
+
+
+def _curve_point(summary: dict[str, Any], cfg: Any) -> dict[str, float | None]:
+    """AbsRel, δ<1.25 and ATE of one snapshot; None for the part a rung takes from ground truth."""
+    gt = _replaced_by_ground_truth(cfg)
+    depth = summary.get("median_scaled") or {}
+    pose = summary.get("pose") or {}
+    return {
+        "abs_rel": None if "depth" in gt else depth.get("abs_rel"),
+        "a1": None if "depth" in gt else depth.get("a1"),
+        "ate_mean": None if "pose" in gt else pose.get("ate_mean"),
+    }
+
+
+def _format_point(point: dict[str, Any]) -> str:
+    def f(key: str, digits: int = 3) -> str:
+        v = point.get(key)
+        return "—" if v is None else f"{v:.{digits}f}"
+
+    return f"AbsRel {f('abs_rel')}, δ<1.25 {f('a1')}, ATE {f('ate_mean')} m"
+
+
+def format_curves(results: list[dict[str, Any]]) -> str:
+    """Held-out AbsRel / δ<1.25 / ATE by step for every variant that kept snapshots."""
+    steps = sorted({p["step"] for r in results for p in r["curve"]})
+    head = ["variant", "metric", *[str(s) for s in steps]]
+    lines = ["Held-out curves by training step (— where the rung takes that quantity from ground truth):", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        by_step = {p["step"]: p for p in r["curve"]}
+        for key, name, digits in (("abs_rel", "AbsRel", 3), ("a1", "δ<1.25", 3), ("ate_mean", "ATE m", 3)):
+            cells = []
+            for s in steps:
+                v = by_step.get(s, {}).get(key)
+                cells.append("—" if v is None else f"{v:.{digits}f}")
+            lines.append("| " + " | ".join([r["label"], name, *cells]) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _summary(result: Any) -> dict[str, Any]:

@@ -116,14 +116,17 @@ class ModelConfig:
     scales: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2, 3])
     disp_scale: float = 10.0
     disp_offset: float = 0.01
+    depth_source: Literal["network", "ground_truth"] = "network"
 
 
 @dataclasses.dataclass
 class PoseConfig:
+    source: Literal["network", "topic"] = "network"
     mode: Literal["pairs", "clip"] = "pairs"
     encoder: str = "resnet18"
     encoder_width: int = 64
     output_scale: float = 0.01
+    camera_in_body: list[float] | None = None
 
 
 @dataclasses.dataclass
@@ -259,6 +262,26 @@ class Config:
             raise ConfigError("loss.photometric.alpha must be in [0, 1]")
         if self.input.height < 32 or self.input.width < 32:
             raise ConfigError("input size must be at least 32×32")
+        if m.depth_source == "ground_truth":
+            needs_features = [
+                name
+                for name, on in (
+                    ("loss.two_branch.enabled", lt.two_branch.enabled),
+                    ("loss.featuremetric.enabled", lt.featuremetric.enabled),
+                    ("loss.smoothness.feature_weight > 0", lt.smoothness.feature_weight > 0),
+                )
+                if on
+            ]
+            if needs_features:
+                raise ConfigError(
+                    "model.depth_source: ground_truth replaces the depth network (it trains the PoseNet alone); "
+                    f"switch off what needs the network: {', '.join(needs_features)}"
+                )
+            if self.pose.source != "network":
+                raise ConfigError("model.depth_source: ground_truth with pose.source: topic leaves nothing to train")
+        extr = self.pose.camera_in_body
+        if extr is not None and len(extr) != 7:
+            raise ConfigError(f"pose.camera_in_body must be [x, y, z, qx, qy, qz, qw], got {extr}")
         return self
 
 

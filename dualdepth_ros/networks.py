@@ -26,6 +26,7 @@ module docstring of :mod:`dualdepth_ros.losses` for the clip layout.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -411,6 +412,9 @@ class DepthModel(nn.Module):
         self.layout = clip_layout(cfg)
         self.depth = build_depth_net(cfg.model)
         self.pose = build_pose_net(cfg.pose, len(self.layout.frames))
+        extr = cfg.pose.camera_in_body
+        X = torch.eye(4) if extr is None else _pose_from_xyzq(extr)
+        self.register_buffer("camera_in_body", X, persistent=False)
 
     def _image(self, batch: Mapping[Any, torch.Tensor], f: int) -> torch.Tensor:
         key = ("color_aug", f, 0)
@@ -419,19 +423,24 @@ class DepthModel(nn.Module):
     def forward(self, batch: Mapping[Any, torch.Tensor]) -> dict[Any, Any]:
         layout = self.layout
         outputs: dict[Any, Any] = {}
-        # Depth: all frames through the net in one batch (BatchNorm sees them together, as in training).
         frames = list(layout.depth_frames)
-        images = [self._image(batch, f) for f in frames]
-        bsz = images[0].shape[0]
-        depth_out = self.depth(torch.cat(images, dim=0))
-        for key, value in depth_out.items():
-            for i, f in enumerate(frames):
-                if key == ("features",):
-                    outputs[("features", f)] = [v[i * bsz : (i + 1) * bsz] for v in value]
-                else:
-                    outputs[(key[0], f, *key[1:])] = value[i * bsz : (i + 1) * bsz]
+        bsz = self._image(batch, layout.target).shape[0]
+        if self.cfg.model.depth_source == "ground_truth":
+            outputs.update(self._gt_depth(batch, frames))
+        else:
+            # Depth: all frames through the net in one batch (BatchNorm sees them together, as in training).
+            images = [self._image(batch, f) for f in frames]
+            depth_out = self.depth(torch.cat(images, dim=0))
+            for key, value in depth_out.items():
+                for i, f in enumerate(frames):
+                    if key == ("features",):
+                        outputs[("features", f)] = [v[i * bsz : (i + 1) * bsz] for v in value]
+                    else:
+                        outputs[(key[0], f, *key[1:])] = value[i * bsz : (i + 1) * bsz]
         # Pose.
-        if self.cfg.pose.mode == "pairs":
+        if self.cfg.pose.source == "topic":
+            outputs.update(self._topic_poses(batch))
+        elif self.cfg.pose.mode == "pairs":
             pairs = list(layout.pose_pairs)
             first = torch.cat([self._image(batch, a) for a, _ in pairs], dim=0)
             second = torch.cat([self._image(batch, b) for _, b in pairs], dim=0)
@@ -456,6 +465,77 @@ class DepthModel(nn.Module):
                 outputs[("T", a, b)] = T
                 outputs[("T", b, a)] = invert_pose(T)
         return outputs
+
+    def _topic_poses(self, batch: Mapping[Any, Any]) -> dict[Any, torch.Tensor]:
+        """``("T", a, b)`` from the bag's pose topic instead of the PoseNet (``pose.source: topic``).
+
+        The batch holds ``("gt_pose", o)`` = ``T_{0→o}`` of the recorded frame (the camera's, or the
+        body's when ``pose.camera_in_body`` is set), already mirrored for flipped clips. With the camera
+        at ``X = T_camera_to_body``, the camera's motion is ``X⁻¹ T X``; a flipped clip sees the camera
+        mirrored too (``F X F``), so its motion is conjugated by that.
+        """
+        missing = [o for o in self.layout.frames if ("gt_pose", o) not in batch]
+        if missing:
+            raise ValueError(
+                f"pose.source: topic needs the bag's pose for frames {missing}; set data.gt_pose_topic (--pose-topic)"
+            )
+        T0 = {o: batch[("gt_pose", o)].to(torch.float32) for o in self.layout.frames}
+        bsz = T0[0].shape[0]
+        X = self.camera_in_body.to(T0[0].device).expand(bsz, 4, 4)
+        if "flipped" in batch:
+            flip = torch.diag(torch.tensor([-1.0, 1.0, 1.0, 1.0], device=X.device))
+            mirrored = torch.as_tensor(batch["flipped"], device=X.device).view(-1, 1, 1)
+            X = torch.where(mirrored, flip @ X @ flip, X)
+        Xi = invert_pose(X)
+        out: dict[Any, torch.Tensor] = {}
+        for a, b in self.layout.pose_pairs:
+            T_body = torch.bmm(T0[b], invert_pose(T0[a]))  # T_{a→b} = T_{0→b} · T_{0→a}⁻¹
+            T = torch.bmm(Xi, torch.bmm(T_body, X))
+            out[("T", a, b)] = T
+            out[("T", b, a)] = invert_pose(T)
+        return out
+
+    def _gt_depth(self, batch: Mapping[Any, Any], frames: Sequence[int]) -> dict[Any, torch.Tensor]:
+        """Depth outputs made of the bag's GT depth (``model.depth_source: ground_truth``, learning ladder).
+
+        Invalid GT (0: sky, no return) becomes the network's far limit ``1 / disp_offset``; lower
+        scales average inverse depth (as the network's multi-scale outputs are compared).
+        """
+        far = 1.0 / self.cfg.model.disp_offset
+        out: dict[Any, torch.Tensor] = {}
+        for f in frames:
+            key = ("gt_depth", f)
+            if key not in batch:
+                raise ValueError(
+                    f"model.depth_source: ground_truth needs GT depth for frame {f}; set data.gt_depth_topic"
+                )
+            d = batch[key].to(torch.float32)
+            d = torch.where(torch.isfinite(d) & (d > 0), d, torch.full_like(d, far)).clamp(max=far)
+            h, w = d.shape[-2:]
+            for s in self.cfg.model.scales:
+                ds = d if s == 0 else 1.0 / F.adaptive_avg_pool2d(1.0 / d, (-(-h // 2**s), -(-w // 2**s)))
+                ones = torch.ones_like(ds)
+                out[("depth", f, 0, s)], out[("conf", f, 0, s)] = ds, ones
+                out[("depth_fused", f, s)], out[("conf_fused", f, s)] = ds, ones
+        return out
+
+
+def _pose_from_xyzq(v: Sequence[float]) -> torch.Tensor:
+    """``4×4`` transform from ``[x, y, z, qx, qy, qz, qw]`` (a ROS pose)."""
+    x, y, z, qx, qy, qz, qw = (float(a) for a in v)
+    n = math.sqrt(qx * qx + qy * qy + qz * qz + qw * qw)
+    if n < 1e-9:
+        raise ValueError("pose.camera_in_body has a zero quaternion")
+    qx, qy, qz, qw = qx / n, qy / n, qz / n, qw / n
+    R = [
+        [1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy - qz * qw), 2 * (qx * qz + qy * qw)],
+        [2 * (qx * qy + qz * qw), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz - qx * qw)],
+        [2 * (qx * qz - qy * qw), 2 * (qy * qz + qx * qw), 1 - 2 * (qx * qx + qy * qy)],
+    ]
+    T = torch.eye(4)
+    T[:3, :3] = torch.tensor(R)
+    T[:3, 3] = torch.tensor([x, y, z])
+    return T
 
 
 # ---------------------------------------------------------------------------------------

@@ -251,6 +251,18 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return int(self._frames.shape[0])
 
+    def drop_clips_without_pose(self) -> int:
+        """Keep only clips whose every frame has a recorded pose (``pose.source: topic``); returns how many went."""
+        ok = np.array(
+            [
+                self.stores[int(s)].gt_pose is not None and bool(np.isfinite(self.stores[int(s)].gt_pose[f]).all())
+                for s, f in zip(self._store_of, self._frames)
+            ],
+            dtype=bool,
+        )
+        self._store_of, self._frames = self._store_of[ok], self._frames[ok]
+        return int((~ok).sum())
+
     def clip_frames(self, index: int) -> tuple[FrameStore, np.ndarray]:
         """The store and the frame indices (one per offset) of clip ``index``."""
         return self.stores[int(self._store_of[index])], self._frames[index]

@@ -40,6 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--gt-depth-topic", help="ground-truth depth topic (validation metrics only, never trained on)")
     p.add_argument("--gt-pose-topic", help="ground-truth pose topic (evaluation of the PoseNet only)")
+    p.add_argument(
+        "--pose-topic",
+        help="train with the motion from this pose topic (PoseStamped, Odometry …) instead of the PoseNet "
+        "(sets pose.source=topic; depth comes out in metres); see pose.camera_in_body for a body-frame topic",
+    )
     p.add_argument("--moving-mask-topic", help="moving-object mask topic (evaluation only)")
     p.add_argument("--max-steps", type=int, help="stop after N optimiser steps (default: optim.epochs epochs)")
     p.add_argument("--batch-size", type=int, help="clips per step per process (optim.batch_size)")
@@ -64,6 +69,13 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"optim.batch_size={args.batch_size}")
     if args.device is not None:
         overrides.append(f"train.device={args.device}")
+    if args.pose_topic:
+        if args.gt_pose_topic and args.gt_pose_topic != args.pose_topic:
+            from ..errors import DualDepthError
+
+            raise DualDepthError("--pose-topic and --gt-pose-topic name different topics; give one")
+        overrides.append("pose.source=topic")
+        args.gt_pose_topic = args.pose_topic
     data = {
         "image_topic": args.image_topic,
         "camera_info_topic": args.info_topic,

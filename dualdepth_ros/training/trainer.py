@@ -64,6 +64,8 @@ class TrainSection:
     compile : ``torch.compile`` the model on CUDA.
     grad_clip : clip the global gradient norm (0 = off).
     lr_warmup_steps : linear learning-rate warm-up.
+    snapshot_every : also keep the weights every N steps as ``snapshots/step_NNNNNN.pt`` (packed, no
+        optimiser state) for learning curves on held-out data (0 = off).
     """
 
     max_steps: int = 0
@@ -79,6 +81,7 @@ class TrainSection:
     compile: bool = False
     grad_clip: float = 0.0
     lr_warmup_steps: int = 0
+    snapshot_every: int = 0
 
     @classmethod
     def coerce(cls, value: Any) -> TrainSection:
@@ -182,9 +185,16 @@ class Trainer:
         stores = load_stores(bags, self.data_cfg, cfg.input.width, cfg.input.height, progress=progress)
         if self.dist.enabled and self.dist.is_main:
             torch.distributed.barrier()
-        self.train_set = ClipDataset(stores, self.data_cfg, "train")
-        self.val_set = ClipDataset(stores, self.data_cfg, "val")
+        gt_depth_all = cfg.model.depth_source == "ground_truth"
+        self._check_ground_truth_sources(stores)
+        self.train_set = ClipDataset(stores, self.data_cfg, "train", gt_all_frames=gt_depth_all)
+        self.val_set = ClipDataset(stores, self.data_cfg, "val", gt_all_frames=gt_depth_all)
         self.stores = stores
+        if cfg.pose.source == "topic":
+            for split in (self.train_set, self.val_set):
+                dropped = split.drop_clips_without_pose()
+                if dropped:
+                    print(f"{split.split}: {dropped} clips left out: a frame has no pose on the pose topic", flush=True)
 
         bs = cfg.optim.batch_size
         self.steps_per_epoch = len(self.train_set) // (bs * self.dist.world_size)
@@ -223,6 +233,18 @@ class Trainer:
         self._saved_step = -1  # the step whose checkpoint is on disk (a resumed run's is written again)
 
     # -- setup helpers ---------------------------------------------------------------------
+    def _check_ground_truth_sources(self, stores: list[Any]) -> None:
+        """``pose.source: topic`` / ``model.depth_source: ground_truth`` need those topics in every bag."""
+        needs = []
+        if self.cfg.pose.source == "topic":
+            needs.append(("gt_pose", "pose.source: topic", "--pose-topic (data.gt_pose_topic)"))
+        if self.cfg.model.depth_source == "ground_truth":
+            needs.append(("gt_depth", "model.depth_source: ground_truth", "--gt-depth-topic (data.gt_depth_topic)"))
+        for attr, what, how in needs:
+            lacking = [str(st.bag) for st in stores if getattr(st, attr) is None]
+            if lacking:
+                raise DualDepthError(f"{what} needs that topic in every bag; name it with {how}. Missing in: {lacking}")
+
     def _check_run_dir(self, resume: bool) -> None:
         last = self.out / "last.pt"
         if resume and not last.exists():
@@ -291,6 +313,20 @@ class Trainer:
         if not self.dist.is_main:
             return None
         return atomic_save(self.state(), self.out / name)
+
+    def snapshot(self) -> Path | None:
+        """Keep this step's weights as ``snapshots/step_NNNNNN.pt`` (a packed checkpoint: no training state)."""
+        if not self.dist.is_main:
+            return None
+        ckpt = make_checkpoint(
+            self.model,
+            self.cfg,
+            self.data_cfg,
+            step=self.step,
+            total_steps=self.total_steps,
+            train_seconds=self.train_seconds,
+        )
+        return atomic_save(ckpt, self.out / "snapshots" / f"step_{self.step:06d}.pt")
 
     def _load(self, path: Path) -> None:
         ckpt = load_checkpoint(path, map_location=self.device)
@@ -447,6 +483,8 @@ class Trainer:
                         self._run_validation(log, final=self.step == self.total_steps)
                     if end_of_epoch or self.step % tc.checkpoint_every == 0:
                         self.save()
+                    if tc.snapshot_every and self.step % tc.snapshot_every == 0:
+                        self.snapshot()
                     if self.step >= self.total_steps or self._stop:
                         break
             if self.step >= self.total_steps and not self.metrics.get("final"):
