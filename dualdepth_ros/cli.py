@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ablate": ("dualdepth_ros.ablation", "run the ablation study (equal budget) and write its table"),
     "eval": ("dualdepth_ros.evaluate", "evaluate a checkpoint on a bag with ground-truth depth"),
     "infer": ("dualdepth_ros.ros.infer", "run the depth node's processing over a bag and write a bag with its outputs"),
+    "demo": (
+        "dualdepth_ros.ros.demo",
+        "depth_node as its own process on a recorded drive: outputs, mosaic, latency, accuracy",
+    ),
     "bench": ("dualdepth_ros.bench", "run a benchmark (rendering, training step, training throughput)"),
 }
 

@@ -1,5 +1,6 @@
 """The node's configuration files agree with the code: config/depth.yaml, the launch file's
-arguments, the rviz config; parameter validation gives readable reasons."""
+arguments, the rviz config; parameter validation gives readable reasons.
+"""
 
 import ast
 from pathlib import Path

@@ -210,6 +210,7 @@ def infer_bag(
                             log(f"warning: {first_errors[-1]}")
                         continue
                     _write_outputs(writer, topics_out, msg.header, res, log_ns)
+                    processor.update_scale(res)
                     counts["published"] += 1
                     if scorer is not None:
                         scorer.prediction(stamp, res, info)

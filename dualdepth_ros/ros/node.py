@@ -126,7 +126,7 @@ class ThrottledLog:
         return True
 
 
-_ROS_TYPE_NAMES = {bool: "bool", int: "integer", float: "double", str: "string"}
+_ROS_TYPE_NAMES = {bool: "a bool", int: "an integer", float: "a double", str: "a string"}
 
 
 class DepthNode(Node):
@@ -208,7 +208,7 @@ class DepthNode(Node):
             except Exception as err:  # rclpy's type/value exceptions; the node has not started yet
                 kind = _ROS_TYPE_NAMES.get(type(p.default), type(p.default).__name__)
                 raise ParameterError(
-                    f"parameter {p.name} must be a {kind} (e.g. {p.default!r}): {type(err).__name__}: {err}"
+                    f"parameter {p.name} must be {kind} (e.g. {p.default!r}): {type(err).__name__}: {err}"
                 ) from None
         problems = validate(values)
         if problems:
@@ -295,6 +295,7 @@ class DepthNode(Node):
                 self._log("error", f"publishing failed: {type(err).__name__}: {err}")
             return None
         self.stats.published(t_received, out.timings["inference"])
+        self.processor.update_scale(out)  # after publishing: the road-plane fit is off the latency path
         return out
 
     def _publish(self, header: Any, out: FrameOutput) -> None:

@@ -10,6 +10,14 @@ both work), so the live node and the bag-to-bag path run exactly the same code::
       ──ScaleEstimator → factor (none / fixed / camera_height)
       ──mask: NaN outside [min_depth, max_depth] or below confidence_threshold
     → FrameOutput: depth h×w float32, confidence h×w float32 [0, 1], Intrinsics at h×w
+    then, after the frame is published: update_scale(output) (the road-plane fit)
+
+The ``camera_height`` scale applied to frame ``t`` is the smoothed estimate from the frames
+before it; frame ``t``'s own road-plane fit is folded in by :meth:`FrameProcessor.update_scale`
+once the frame is out, so the fit (about a millisecond) stays off the latency path. Only
+while no scale is known yet (the first frames) is the fit done before publishing. The node
+and ``dualdepth infer`` both call :meth:`~FrameProcessor.process` then
+:meth:`~FrameProcessor.update_scale` for every frame, so they publish the same depths.
 
 Errors are split by what the caller should do:
 
@@ -75,6 +83,7 @@ class FrameOutput:
     rgb : ``h×w×3`` uint8, the network's input pixels (for pictures).
     raw_depth : ``h×w`` float32 network depth in model units, before scaling and masking.
     timings : seconds spent in ``preprocess``, ``inference``, ``postprocess``.
+    scale_pending : this frame's depth has not been given to the scale estimator yet.
     """
 
     depth: np.ndarray
@@ -84,6 +93,7 @@ class FrameOutput:
     rgb: np.ndarray
     raw_depth: np.ndarray
     timings: dict[str, float]
+    scale_pending: bool = False
 
     @property
     def valid_fraction(self) -> float:
@@ -180,6 +190,8 @@ class FrameProcessor:
     def process(self, image: Any, info: Any) -> FrameOutput:
         """Run one frame (see the module docstring for the steps and the errors raised).
 
+        Call :meth:`update_scale` with the result once it is published.
+
         Raises
         ------
         PreprocessError : the frame or its CameraInfo cannot be used (InputError: refused before decoding).
@@ -203,7 +215,11 @@ class FrameProcessor:
             raise BackendError(
                 f"backend returned depth {raw.shape} / confidence {conf.shape} for a {frame.rgb.shape[:2]} input"
             )
-        scale = self.scaler.update(raw, frame.intrinsics)
+        scale = self.scaler.scale
+        pending = True
+        if scale is None:  # nothing known yet: this frame's own fit decides whether it can be published
+            scale = self.scaler.update(raw, frame.intrinsics)
+            pending = False
         if scale is None:
             raise ScaleUnknownError(
                 "scale_mode camera_height: no road plane found yet (depth is not published until the scale is known; "
@@ -220,7 +236,14 @@ class FrameProcessor:
             rgb=frame.rgb,
             raw_depth=raw,
             timings={"preprocess": t1 - t0, "inference": t2 - t1, "postprocess": t3 - t2},
+            scale_pending=pending and self.scale_settings.mode == "camera_height",
         )
+
+    def update_scale(self, out: FrameOutput) -> None:
+        """Fold a processed frame's road-plane fit into the scale (call after publishing it)."""
+        if out.scale_pending:
+            out.scale_pending = False
+            self.scaler.update(out.raw_depth, out.intrinsics)
 
 
 def open_model_backend(params: dict[str, Any], log: Callable[[str], None] | None = None) -> Any:
@@ -230,8 +253,6 @@ def open_model_backend(params: dict[str, Any], log: Callable[[str], None] | None
     ------
     DualDepthError : missing, corrupt or mismatched model; unavailable backend.
     """
-    from ..inference import open_backend
-
     model_dir = Path(params["model_path"]) if params["model_path"] else default_model_dir()
     if not model_dir.exists():
         raise DualDepthError(
@@ -239,6 +260,8 @@ def open_model_backend(params: dict[str, Any], log: Callable[[str], None] | None
             + ("; the default model is made by `make export-default`" if not params["model_path"] else "")
             + ")"
         )
+    from ..inference import open_backend
+
     return open_backend(
         model_dir,
         params["backend"],

@@ -18,14 +18,15 @@ Road-plane fit (:func:`fit_road_plane`)
 Points: the rows of the lower ``region`` fraction of the image, back-projected with the
 intrinsics at the depth's resolution (:meth:`~dualdepth_ros.geometry.Intrinsics.backproject`),
 keeping finite points below the camera centre (``Y > 0`` in the optical frame, y down), at most
-``max_points`` of them (a fixed-seed subsample, so the fit is deterministic). RANSAC:
-``iterations`` planes through three random points, kept only when their normal is within
-``max_tilt_deg`` of the optical frame's down axis ``+y`` (the road is roughly horizontal, the
-camera roughly level); a point is an inlier when its distance to the plane is below
-``inlier_tolerance`` × the plane's distance from the camera (a relative tolerance, so the fit
-does not depend on the unknown scale). The plane with most inliers is refined by least
-squares (SVD) on its inliers, twice. The fit is rejected when fewer than
-``min_inlier_fraction`` of the points support it.
+``max_points`` of them (evenly spread; the random draws below use a fixed seed, so the fit is
+deterministic). RANSAC: ``iterations`` planes through three random points, kept only when
+their normal is within ``max_tilt_deg`` of the optical frame's down axis ``+y`` (the road is
+roughly horizontal, the camera roughly level), each scored on the same random ``score_points``
+points; a point is an inlier when its distance to the plane is below ``inlier_tolerance`` × the
+plane's distance from the camera (a relative tolerance, so the fit does not depend on the
+unknown scale). The plane with most inliers is refined by least squares (the smallest
+eigenvector of the inliers' scatter) on all its inliers, twice. The fit is rejected when fewer
+than ``min_inlier_fraction`` of the points support it.
 
 Smoothing (:class:`ScaleEstimator`)
 -----------------------------------
@@ -138,8 +139,9 @@ class PlaneFit:
 def _refit(points: np.ndarray) -> tuple[np.ndarray, float]:
     """Least-squares plane (unit normal with ``n_y ≥ 0``, offset) through ``N×3`` points."""
     centre = points.mean(axis=0)
-    _, _, vt = np.linalg.svd(points - centre, full_matrices=False)
-    n = vt[2]
+    q = points - centre
+    _, vecs = np.linalg.eigh(q.T @ q)  # the normal: the scatter's smallest eigenvector
+    n = vecs[:, 0]
     if n[1] < 0:
         n = -n
     return n, float(n @ centre)
@@ -152,8 +154,9 @@ def fit_road_plane(
     region: float = 0.4,
     max_tilt_deg: float = 20.0,
     inlier_tolerance: float = 0.05,
-    iterations: int = 64,
+    iterations: int = 128,
     max_points: int = 3000,
+    score_points: int = 300,
     min_points: int = 50,
     min_inlier_fraction: float = 0.15,
     seed: int = 0,
@@ -169,6 +172,7 @@ def fit_road_plane(
     inlier_tolerance : inlier distance as a fraction of the plane's distance from the camera.
     iterations : RANSAC hypotheses.
     max_points : subsample the candidate points to at most this many.
+    score_points : hypotheses are scored on a random subset of this many points.
     min_points : fewer valid candidate points → no fit.
     min_inlier_fraction : a best plane supported by fewer points → no fit.
     seed : RNG seed of the subsample and the hypotheses (deterministic fits).
@@ -186,8 +190,8 @@ def fit_road_plane(
     if len(pts) < min_points:
         return None
     rng = np.random.default_rng(seed)
-    if len(pts) > max_points:
-        pts = pts[rng.choice(len(pts), max_points, replace=False)]
+    if len(pts) > max_points:  # an even spread over the region
+        pts = pts[np.linspace(0, len(pts) - 1, max_points).astype(np.int64)]
     n_pts = len(pts)
     idx = rng.integers(0, n_pts, size=(iterations, 3))
     a, b, c = pts[idx[:, 0]], pts[idx[:, 1]], pts[idx[:, 2]]
@@ -202,11 +206,13 @@ def fit_road_plane(
     normals, offsets = normals[keep], offsets[keep]
     if len(normals) == 0:
         return None
-    residual = np.abs(pts @ normals.T - offsets[None, :])  # N × hypotheses
+    # Score the hypotheses on a random subset (preemptive RANSAC); refine on all points below.
+    probe = pts if n_pts <= score_points else pts[rng.integers(0, n_pts, score_points)]
+    residual = np.abs(probe @ normals.T - offsets[None, :])  # probe points × hypotheses
     counts = (residual < inlier_tolerance * offsets[None, :]).sum(axis=0)
     best = int(np.argmax(counts))
     n, d = normals[best], float(offsets[best])
-    inliers = residual[:, best] < inlier_tolerance * d
+    inliers = np.abs(pts @ n - d) < inlier_tolerance * d
     for _ in range(2):
         if inliers.sum() < 3:
             return None

@@ -2,13 +2,14 @@
 
 ``dualdepth infer --gt-depth-topic``, ``dualdepth demo``, the node's preview image and the
 tests score and draw with the package's evaluation helpers (median-scaled and metric depth
-metrics, the colourisers and the mosaic). They are re-exported from here so the rest of
-``dualdepth_ros.ros`` never names the evaluation module (it imports torch: import this module
-lazily, only where scoring or pictures are needed).
+metrics, the colourisers, the mosaic and ``dualdepth eval``'s mosaic rows). They are
+re-exported from here so the rest of ``dualdepth_ros.ros`` never names the evaluation modules
+(they import torch: import this module lazily, only where scoring or pictures are needed).
 """
 
 from __future__ import annotations
 
+from ..evaluate import Example, mosaic_rows
 from ..evaluation import (
     EvaluationReport,
     colorize_confidence,
@@ -20,6 +21,8 @@ from ..evaluation import (
 )
 
 __all__ = [
+    "Example",
+    "mosaic_rows",
     "EvaluationReport",
     "colorize_confidence",
     "colorize_inverse_depth",
