@@ -1,0 +1,274 @@
+"""``dualdepth bench node``: depth_node's end-to-end latency beside the backend alone, in one run.
+
+For each model input size (default: the shipped model's, and 640×192 — a model exported from
+the same checkpoint at that size, cached under ``--cache``):
+
+* **backend alone** — the ONNX Runtime backend (``--threads`` CPU threads) on the preprocessed
+  frames, timed around :meth:`Backend.infer` only; measured before and after the node run and
+  pooled, so a drift of the machine's load shows in both columns alike;
+* **node, end to end** — ``depth_node`` as its own process (same backend, same threads) and
+  this process publishing a camera frame (rgb8 at the model's input size, with its
+  camera_info) and waiting for ``depth/image`` with that stamp: publish → receive across two
+  processes, which includes DDS both ways, decoding, preprocessing, inference, scaling,
+  masking and the four output messages. Frames go one at a time (the next after the previous
+  depth arrived), so nothing queues and the figure is the node's latency, not a backlog.
+
+The goal of the issue: the node adds at most 15 % to the backend's time (p50 ratio).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DualDepthError
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "dualdepth_default.pt"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="model folder of the default size (default: the shipped default model)")
+    parser.add_argument(
+        "--sizes", default="default,640x192", help="comma-separated WxH (or 'default'); default: default,640x192"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default=str(DEFAULT_CHECKPOINT),
+        help="checkpoint exported for sizes other than the model's (default: models/dualdepth_default.pt)",
+    )
+    parser.add_argument("--cache", default="runs/bench_node", help="folder of the exported models (reused)")
+    parser.add_argument("--frames", type=int, default=60, help="timed frames per size (default 60)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed frames first (default 5)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads of ONNX Runtime (default 1)")
+    parser.add_argument(
+        "--scale-mode", default="camera_height", choices=("none", "fixed", "camera_height"), help="node's scale_mode"
+    )
+    parser.add_argument("--bag", default="test/data/sample_drive", help="frames to send (default: the sample drive)")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values) * 1e3, q))
+
+
+def _model_for(size: str, args: argparse.Namespace, log: Any) -> Path:
+    from ..ros.params import default_model_dir
+
+    base = Path(args.model) if args.model else default_model_dir()
+    if size == "default":
+        return base
+    try:
+        w, h = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise DualDepthError(f"--sizes entries are WxH or 'default', got {size!r}") from None
+    from ..inference import load_metadata
+
+    if base.exists():
+        md = load_metadata(base)
+        if (md.input_width, md.input_height) == (w, h):
+            return base
+    out = Path(args.cache) / f"model_{w}x{h}"
+    if (out / "model.onnx").exists():
+        md = load_metadata(out)
+        if (md.input_width, md.input_height) == (w, h):
+            return out
+    from ..inference.export import export_model
+
+    log(f"exporting {args.checkpoint} at {w}x{h} to {out} (once; reused by later runs)")
+    export_model(args.checkpoint, out, width=w, height=h, overwrite=True, log=log)
+    return out
+
+
+def _frames(bag: str, width: int, height: int, n: int) -> tuple[list[Any], Any]:
+    """``n`` rclpy rgb8 Images at ``width × height`` (sample frames resized) and their CameraInfo."""
+    import cv2
+
+    from ..bagio import read_messages
+    from ..geometry import Intrinsics
+    from ..images import decode_rgb
+    from ..ros.convert import camera_info_message, image_message
+
+    images, K = [], None
+    for m in read_messages(bag, ["/camera/image_raw", "/camera/camera_info"]):
+        if m.topic == "/camera/camera_info" and K is None:
+            K = Intrinsics.from_matrix(m.msg.k, m.msg.width, m.msg.height)
+        elif m.topic == "/camera/image_raw" and len(images) < n:
+            images.append(decode_rgb(m.msg))
+    if K is None or not images:
+        raise DualDepthError(f"{bag} has no /camera/image_raw with /camera/camera_info")
+    from std_msgs.msg import Header
+
+    msgs = []
+    for i in range(n):
+        rgb = images[i % len(images)]
+        interp = cv2.INTER_AREA if width <= rgb.shape[1] else cv2.INTER_LINEAR
+        header = Header(frame_id="camera_optical_frame")
+        header.stamp.sec, header.stamp.nanosec = 1000 + i, 0
+        msgs.append(image_message(cv2.resize(rgb, (width, height), interpolation=interp), "rgb8", header))
+    return msgs, camera_info_message(K.resized(width, height), Header(frame_id="camera_optical_frame"))
+
+
+def _time_backend(model_dir: Path, threads: int, frames: list[Any], info: Any, n: int) -> tuple[list[float], dict]:
+    from ..inference import open_backend
+
+    backend = open_backend(model_dir, "onnxruntime", device="cpu", threads=threads)
+    try:
+        pre = backend.metadata.preprocessor()
+        inputs = [pre(f, info).image[None] for f in frames[: min(len(frames), 10)]]
+        for x in inputs[:3]:
+            backend.infer(x)
+        times = []
+        for i in range(n):
+            x = inputs[i % len(inputs)]
+            t = time.perf_counter()
+            backend.infer(x)
+            times.append(time.perf_counter() - t)
+        return times, backend.describe()
+    finally:
+        backend.close()
+
+
+def _time_node(model_dir: Path, args: argparse.Namespace, frames: list[Any], info: Any) -> list[float]:
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from ..ros.qos import profile
+
+    exe = Path(sys.executable).with_name("depth_node")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "dualdepth_ros.ros.node"]
+    ns = f"/bench_{os.getpid()}"
+    cmd += [
+        "--ros-args",
+        "-r",
+        f"__ns:={ns}",
+        "-p",
+        f"model_path:={model_dir.absolute()}",
+        "-p",
+        "backend:=onnxruntime",
+        "-p",
+        "device:=cpu",
+        "-p",
+        f"threads:={args.threads}",
+        "-p",
+        f"scale_mode:={args.scale_mode}",
+        "-p",
+        "camera_height_m:=1.5",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    node = rclpy.create_node(f"bench_node_client_{os.getpid()}")
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    got: dict[int, float] = {}
+
+    def on_depth(msg: Image) -> None:
+        got[msg.header.stamp.sec] = time.perf_counter()
+
+    q = profile("reliable", 5)
+    image_pub = node.create_publisher(Image, f"{ns}/image", q)
+    info_pub = node.create_publisher(CameraInfo, f"{ns}/camera_info", q)
+    node.create_subscription(Image, f"{ns}/depth/image", on_depth, q)
+    try:
+        deadline = time.monotonic() + 120
+        while not (image_pub.get_subscription_count() and node.count_publishers(f"{ns}/depth/image")):
+            if proc.poll() is not None:
+                raise DualDepthError(f"depth_node exited at start:\n{proc.stdout.read() if proc.stdout else ''}")
+            if time.monotonic() > deadline:
+                raise DualDepthError("depth_node did not come up within 120 s")
+            executor.spin_once(timeout_sec=0.1)
+        info_pub.publish(info)
+        t_end = time.monotonic() + 0.5
+        while time.monotonic() < t_end:
+            executor.spin_once(timeout_sec=0.05)
+        latencies = []
+        for i, frame in enumerate(frames):
+            stamp = frame.header.stamp.sec
+            t = time.perf_counter()
+            image_pub.publish(frame)
+            deadline = time.monotonic() + 10
+            while stamp not in got:
+                if time.monotonic() > deadline:
+                    raise DualDepthError(f"no depth for frame {i} within 10 s")
+                executor.spin_once(timeout_sec=0.5)
+            if i >= args.warmup:
+                latencies.append(got[stamp] - t)
+        return latencies
+    finally:
+        node.destroy_node()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def run(args: argparse.Namespace) -> int:
+    import rclpy
+
+    if args.frames < 5 or args.warmup < 0:
+        raise DualDepthError("--frames must be at least 5 and --warmup not negative")
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random().randint(1, 100)))
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    os.environ["ROS_LOCALHOST_ONLY"] = "1"
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    out = sys.stderr if args.json else sys.stdout
+
+    def log(line: str) -> None:
+        print(line, file=out, flush=True)
+
+    rows = []
+    rclpy.init()
+    try:
+        for size in [s.strip() for s in args.sizes.split(",") if s.strip()]:
+            model_dir = _model_for(size, args, log)
+            from ..inference import load_metadata
+
+            md = load_metadata(model_dir)
+            w, h = md.input_width, md.input_height
+            frames, info = _frames(args.bag, w, h, args.frames + args.warmup)
+            log(f"{w}x{h}: backend alone ({args.threads} thread(s)) …")
+            before, desc = _time_backend(model_dir, args.threads, frames, info, args.frames // 2)
+            log(f"{w}x{h}: depth_node end to end …")
+            node_t = _time_node(model_dir, args, frames, info)
+            after, _ = _time_backend(model_dir, args.threads, frames, info, args.frames - args.frames // 2)
+            backend_t = before + after
+            row = {
+                "size": f"{w}x{h}",
+                "backend": desc.get("name"),
+                "threads": args.threads,
+                "scale_mode": args.scale_mode,
+                "backend_ms": {"p50": _pct(backend_t, 50), "p95": _pct(backend_t, 95)},
+                "node_end_to_end_ms": {"p50": _pct(node_t, 50), "p95": _pct(node_t, 95)},
+                "frames": len(node_t),
+            }
+            row["node_over_backend_p50"] = row["node_end_to_end_ms"]["p50"] / row["backend_ms"]["p50"] - 1.0
+            rows.append(row)
+    finally:
+        rclpy.try_shutdown()
+    if args.json:
+        print(json.dumps({"rows": rows, "goal_node_over_backend": 0.15}, indent=2))
+        return 0
+    print(f"\n{'size':>9} | {'backend p50/p95 ms':>19} | {'node e2e p50/p95 ms':>20} | node adds (p50)")
+    for r in rows:
+        b, n = r["backend_ms"], r["node_end_to_end_ms"]
+        print(
+            f"{r['size']:>9} | {b['p50']:8.2f} / {b['p95']:8.2f} | {n['p50']:8.2f} / {n['p95']:9.2f} | "
+            f"{100 * r['node_over_backend_p50']:+.1f} % ({n['p50'] - b['p50']:+.2f} ms)"
+        )
+    print(
+        f"(ONNX Runtime on CPU, {args.threads} thread(s), scale_mode {args.scale_mode}; publish → receive across two "
+        "processes, one frame at a time; goal: the node adds at most 15 %)"
+    )
+    return 0
