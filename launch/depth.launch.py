@@ -54,7 +54,7 @@ def _node(context: LaunchContext) -> list[Node]:
                 ("image/compressed", image.rstrip("/") + "/compressed"),
                 ("camera_info", cfg["camera_info"]),
             ],
-            arguments=["--ros-args", "--log-level", cfg["log_level"]],
+            ros_arguments=["--log-level", cfg["log_level"]],
         )
     ]
 

@@ -286,3 +286,122 @@ def wait_until(predicate: Any, timeout: float, step: float = 0.02) -> bool:
             return True
         time.sleep(step)
     return bool(predicate())
+
+
+class Client:
+    """A test node that talks to a depth_node in namespace ``ns``: publishes frames, collects outputs.
+
+    Outputs are kept per stamp: ``outputs[stamp] = {"depth": msg, "depth_info": …, "conf": …,
+    "conf_info": …, "t": arrival time of the depth}``; :attr:`diag` holds the node's statuses.
+    """
+
+    def __init__(self, ns: str, compressed: bool = False, name: str = "test_client") -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+        self.ns = ns
+        self.node = rclpy.create_node(name)
+        q = 10
+        self.image_pub = self.node.create_publisher(
+            CompressedImage if compressed else Image, f"{ns}/image/compressed" if compressed else f"{ns}/image", q
+        )
+        self.info_pub = self.node.create_publisher(CameraInfo, f"{ns}/camera_info", q)
+        self.outputs: dict[int, dict[str, Any]] = {}
+        self.sent: dict[int, float] = {}
+        self.diag: list[Any] = []
+        self._lock = threading.Lock()
+        for key, kind, topic in (
+            ("depth", Image, "depth/image"),
+            ("depth_info", CameraInfo, "depth/camera_info"),
+            ("conf", Image, "confidence/image"),
+            ("conf_info", CameraInfo, "confidence/camera_info"),
+        ):
+            self.node.create_subscription(kind, f"{ns}/{topic}", self._store(key), 50)
+
+        def on_diag(msg: Any) -> None:
+            self.diag.extend(s for s in msg.status if s.name.endswith(": depth"))
+
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+        self.spinner = Spinner(self.node)
+        self.spinner.__enter__()
+
+    def _store(self, key: str) -> Any:
+        def cb(msg: Any) -> None:
+            with self._lock:
+                entry = self.outputs.setdefault(stamp_ns(msg.header), {})
+                entry[key] = msg
+                if key == "depth":
+                    entry["t"] = time.monotonic()
+
+        return cb
+
+    def wait_connected(self, timeout: float = 60.0) -> bool:
+        """The node's image and camera_info subscriptions and its depth publisher are matched."""
+        return wait_until(
+            lambda: (
+                self.image_pub.get_subscription_count() > 0
+                and self.info_pub.get_subscription_count() > 0
+                and self.node.count_publishers(f"{self.ns}/depth/image") > 0
+            ),
+            timeout,
+            0.1,
+        )
+
+    def send_info(self, info: Any, settle: float = 0.3) -> None:
+        self.info_pub.publish(info)
+        time.sleep(settle)  # a separate topic: give the node time to cache it before the next image
+
+    def send(self, image: Any) -> int:
+        stamp = stamp_ns(image.header)
+        self.sent[stamp] = time.monotonic()
+        self.image_pub.publish(image)
+        return stamp
+
+    def complete(self, stamp: int) -> bool:
+        with self._lock:
+            return len(self.outputs.get(stamp, {})) == 5
+
+    def send_and_wait(self, image: Any, timeout: float = 10.0) -> dict[str, Any] | None:
+        """Publish one image and wait for all four outputs of its stamp (None on timeout)."""
+        stamp = self.send(image)
+        if not wait_until(lambda: self.complete(stamp), timeout, 0.005):
+            return None
+        return self.outputs[stamp]
+
+    def close(self) -> None:
+        self.spinner.__exit__()
+        self.node.destroy_node()
+
+
+def set_node_parameters(client_node: Any, node_fqn: str, values: dict[str, Any], timeout: float = 10.0) -> list[Any]:
+    """Set parameters of a running node through its ``set_parameters`` service; returns the results."""
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+
+    cli = client_node.create_client(SetParameters, f"{node_fqn}/set_parameters")
+    try:
+        if not cli.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(f"no {node_fqn}/set_parameters service")
+        req = SetParameters.Request()
+        req.parameters = [Parameter(k, value=v).to_parameter_msg() for k, v in values.items()]
+        future = cli.call_async(req)
+        if not wait_until(future.done, timeout):
+            raise TimeoutError("set_parameters did not answer")
+        return list(future.result().results)
+    finally:
+        client_node.destroy_client(cli)
+
+
+def sample_frames(n: int | None = None) -> list[Any]:
+    """The sample drive's frames as rclpy messages (``player.PlayFrame``: image, info, stamps)."""
+    from dualdepth_ros.ros.player import load_stream
+
+    return load_stream(SAMPLE_BAG, max_frames=n).frames
+
+
+def sample_gt() -> dict[int, Any]:
+    """The sample drive's ``/gt/depth`` messages (rosbags) by header stamp."""
+    from dualdepth_ros.bagio import read_messages, stamp_to_ns
+
+    return {stamp_to_ns(m.msg.header.stamp): m.msg for m in read_messages(SAMPLE_BAG, ["/gt/depth"])}
