@@ -190,6 +190,7 @@ class TwoBranchConfig:
     difference_loss: Literal["first_difference", "mean"] = "first_difference"
     gate: bool = True
     gate_threshold: float = 0.07
+    scales: list[int] = dataclasses.field(default_factory=lambda: [0])
 
 
 @dataclasses.dataclass
@@ -256,6 +257,11 @@ class Config:
             raise ConfigError("model.num_branches: 2 needs loss.two_branch.enabled (nothing else trains branch 2)")
         if sorted(set(m.scales)) != sorted(m.scales) or not m.scales or min(m.scales) != 0 or max(m.scales) > 4:
             raise ConfigError(f"model.scales must be distinct values in 0..4 including 0, got {m.scales}")
+        if lt.two_branch.enabled and (0 not in lt.two_branch.scales or not set(lt.two_branch.scales) <= set(m.scales)):
+            raise ConfigError(
+                f"loss.two_branch.scales must include 0 and be among model.scales {m.scales}, "
+                f"got {lt.two_branch.scales}"
+            )
         if len(m.decoder_channels) != 5:
             raise ConfigError("model.decoder_channels needs 5 values")
         if not 0.0 <= lt.photometric.alpha <= 1.0:

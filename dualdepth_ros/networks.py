@@ -305,6 +305,10 @@ class DepthNet(nn.Module):
         size = (image.shape[-2], image.shape[-1])
         for b, branch in enumerate(self.branches):
             for s, (dl, cl) in branch(feats, size).items():
+                # The heads' logits leave reduced precision here (AMP): depth, confidence and the fusion's
+                # argmax run in float32, so fp16/bf16 never flips which branch a pixel takes.
+                dl = dl.float()
+                cl = None if cl is None else cl.float()
                 out[("depth", b, s)] = disp_to_depth(dl, self.disp_scale, self.disp_offset)
                 if cl is None:
                     out[("conf", b, s)] = torch.ones_like(dl)
@@ -437,25 +441,37 @@ class DepthModel(nn.Module):
                         outputs[("features", f)] = [v[i * bsz : (i + 1) * bsz] for v in value]
                     else:
                         outputs[(key[0], f, *key[1:])] = value[i * bsz : (i + 1) * bsz]
-        # Pose.
+        # Pose: the networks may run in reduced precision, the composition of motions does not.
         if self.cfg.pose.source == "topic":
-            outputs.update(self._topic_poses(batch))
-        elif self.cfg.pose.mode == "pairs":
+            with torch.autocast(device_type=self._image(batch, layout.target).device.type, enabled=False):
+                outputs.update(self._topic_poses(batch))
+        else:
+            outputs.update(self._network_poses(batch, bsz))
+        return outputs
+
+    def _network_poses(self, batch: Mapping[Any, torch.Tensor], bsz: int) -> dict[Any, torch.Tensor]:
+        """``("T", a, b)`` and ``("pose_vec", a, b)`` from the PoseNet (pose composition in float32)."""
+        layout = self.layout
+        outputs: dict[Any, torch.Tensor] = {}
+        device_type = self._image(batch, layout.target).device.type
+        if self.cfg.pose.mode == "pairs":
             pairs = list(layout.pose_pairs)
             first = torch.cat([self._image(batch, a) for a, _ in pairs], dim=0)
             second = torch.cat([self._image(batch, b) for _, b in pairs], dim=0)
-            vecs = self.pose([first, second])[:, 0]
-            for i, (a, b) in enumerate(pairs):
-                vec = vecs[i * bsz : (i + 1) * bsz]
-                T = pose_vec_to_mat(vec)
-                outputs[("pose_vec", a, b)] = vec
-                outputs[("T", a, b)] = T
-                outputs[("T", b, a)] = invert_pose(T)
-        else:
-            clip = sorted(layout.frames)
-            anchor = clip[self.pose.anchor]
-            vecs = self.pose([self._image(batch, f) for f in clip])
-            refs = [f for f in clip if f != anchor]
+            vecs = self.pose([first, second])[:, 0].float()
+            with torch.autocast(device_type=device_type, enabled=False):
+                for i, (a, b) in enumerate(pairs):
+                    vec = vecs[i * bsz : (i + 1) * bsz]
+                    T = pose_vec_to_mat(vec)
+                    outputs[("pose_vec", a, b)] = vec
+                    outputs[("T", a, b)] = T
+                    outputs[("T", b, a)] = invert_pose(T)
+            return outputs
+        clip = sorted(layout.frames)
+        anchor = clip[self.pose.anchor]
+        vecs = self.pose([self._image(batch, f) for f in clip]).float()
+        refs = [f for f in clip if f != anchor]
+        with torch.autocast(device_type=device_type, enabled=False):
             T_anchor = {anchor: torch.eye(4, device=vecs.device, dtype=vecs.dtype).expand(bsz, 4, 4)}
             for i, r in enumerate(refs):
                 outputs[("pose_vec", anchor, r)] = vecs[:, i]

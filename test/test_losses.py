@@ -523,3 +523,59 @@ def test_overfit_one_tiny_clip(repo_root) -> None:
     closed = (photo[0] - np.mean(photo[-3:])) / (photo[0] - photo_gt)
     assert closed > 0.3, (photo, photo_gt)
     assert elapsed < 60, elapsed
+
+
+# ---------------------------------------------------------------------------------------
+# Mixed precision: geometry and photometric maps stay in float32 under autocast
+# ---------------------------------------------------------------------------------------
+def test_bf16_autocast_keeps_the_warp_exact_and_the_loss_equal_to_fp32() -> None:
+    """Under CPU bfloat16 autocast (as AMP runs the step), an identity warp at 640×192 is exact to
+    1e-3 px and the loss equals its float32 value; the same geometry left to autocast is off by pixels."""
+    from dualdepth_ros.geometry import pixel_grid
+    from dualdepth_ros.losses import LossContext
+
+    torch.manual_seed(0)
+    w, h = 640, 192
+    K = Intrinsics(fx=0.58 * w, fy=1.92 * h, cx=(w - 1) / 2, cy=(h - 1) / 2, width=w, height=h)
+    cfg = load_config(overrides=[f"input.width={w}", f"input.height={h}", "loss.photometric.checkpoint=false"])
+    lay = clip_layout(cfg)
+    img = torch.rand(1, 3, h, w)
+    batch = {("color", f, 0): img for f in lay.frames}
+    batch[("K", 0)] = K.tensor(1)
+    depth = 5.0 + 45.0 * torch.rand(1, 1, h, w)
+    out: dict = {}
+    for f in lay.depth_frames:
+        for s in cfg.model.scales:
+            d = torch.nn.functional.interpolate(depth, scale_factor=0.5**s, mode="area")
+            for b in range(2):
+                out[("depth", f, b, s)] = d * (1 + 0.05 * b)
+                out[("conf_logit", f, b, s)] = torch.randn_like(d)
+                out[("conf", f, b, s)] = torch.sigmoid(out[("conf_logit", f, b, s)])
+            out[("depth_fused", f, s)], out[("conf_fused", f, s)] = fuse_branches(
+                [out[("depth", f, b, s)] for b in range(2)], [out[("conf", f, b, s)] for b in range(2)]
+            )
+        out[("features", f)] = [torch.nn.functional.avg_pool2d(img, 2).repeat(1, 4, 1, 1)]
+    eye = torch.eye(4).unsqueeze(0)
+    for a, b in lay.pose_pairs:
+        out[("T", a, b)] = out[("T", b, a)] = eye
+    grid = pixel_grid(h, w)[:2].unsqueeze(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ctx = LossContext(batch, out, cfg)
+        pix = ctx.views(0)[(0, 1)].warp.pix
+        unguarded = warp(img, depth, eye, K.tensor(1)).pix  # the same geometry, left to autocast
+        total_bf16, terms_bf16 = compute_losses(batch, {k: _to_bf16(v) for k, v in out.items()}, cfg)
+    assert pix.dtype == torch.float32
+    assert float((pix - grid).abs().max()) < 1e-3
+    assert float((unguarded.float() - grid).abs().max()) > 0.1  # what the guard prevents
+    total, terms = compute_losses(batch, {k: _to_bf16(v) for k, v in out.items()}, cfg)
+    assert total_bf16.dtype == torch.float32
+    torch.testing.assert_close(total_bf16, total, rtol=1e-5, atol=1e-6)
+    for name in terms:
+        torch.testing.assert_close(terms_bf16[name], terms[name], rtol=1e-5, atol=1e-6)
+
+
+def _to_bf16(v):
+    """A network output as a bf16-autocast network would return it (tensors in bfloat16, poses too)."""
+    if isinstance(v, list):
+        return [_to_bf16(x) for x in v]
+    return v.to(torch.bfloat16) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
