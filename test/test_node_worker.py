@@ -126,16 +126,17 @@ def test_newest_frame_only_under_a_fast_input(ros) -> None:
         assert wait_until(lambda: len(rig.depth) > 0 and time.monotonic() - rig.depth[-1][0] > 0.3, 5)
         stats = rig.node.stats.snapshot()
         n_out = len(rig.depth)
-        assert stats["received"] >= 0.9 * k
+        assert stats["received"] >= 0.7 * k  # best effort: a loaded CI box may lose a few in DDS
         assert 10 <= n_out <= 2.0 / 0.05 + 5  # about the backend's own rate, not the input's
         assert stats["dropped"] >= k // 2
         assert stats["received"] == stats["dropped"] + backend.calls  # every frame either ran or was dropped
         stamps = [stamp_ns(m.header) for _, m in rig.depth]
         assert stamps == sorted(stamps) and set(stamps) <= set(rig.sent)
         latency = [t - rig.sent[stamp_ns(m.header)] for t, m in rig.depth]
-        # One frame in the backend plus at most one waiting: bounded by ~2 backend times (plus scheduling slack).
-        assert np.percentile(latency, 95) < 0.25, latency
-        assert latency[-1] < 0.25  # no backlog built up over the run
+        # One frame in the backend plus at most one waiting: ~2 backend times (0.1 s) plus scheduling slack;
+        # a backlog would grow to seconds over the 2 s run.
+        assert np.percentile(latency, 95) < 0.4, latency
+        assert latency[-1] < 0.4
         assert wait_until(lambda: rig.diag and int(rig.diag_value(rig.diag[-1], "frames dropped")) > 0, 3)
 
 
