@@ -4,7 +4,7 @@ Asserted: the node stays up; it publishes at most at the input rate and keeps pu
 end; every published frame is one that was sent, in order; the latency of what it publishes
 (publish → receive, two processes) stays bounded — its 95th percentile under 0.5 s and the
 last second no slower than the first plus 0.2 s (no backlog builds up); frames it could not
-take are dropped and counted (received = published + dropped + in flight); its memory stays
+take are dropped and counted (received = published + dropped + waiting for the first scale); its memory stays
 flat (resident set growth from second 2 to the end under 40 MB; the figure is printed).
 """
 
