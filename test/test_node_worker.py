@@ -177,6 +177,23 @@ def test_no_camera_info_publishes_nothing_and_warns(ros) -> None:
         assert wait_until(lambda: len(rig.depth) == 1, 5)
 
 
+def test_warnings_and_errors_both_reach_the_log_and_the_worker_survives(ros, capfd) -> None:
+    """A warning (no camera_info) then errors (bad frames) then a good frame: all logged, still serving."""
+    with Rig("/worker_logs", FakeBackend(), scale_mode="none", error_log_period_s=0.0) as rig:
+        rig.send(1, info=False)
+        assert wait_until(lambda: rig.node.stats.snapshot()["no_camera_info"] == 1, 5)
+        rig.info_pub.publish(rclpy_camera_info(Intrinsics(160.0, 160.0, 159.5, 47.5, 640, 192), 2))
+        assert wait_until(lambda: rig.node._info is not None, 5)
+        rig.image_pub.publish(rclpy_image(RGB, 2))  # 320×96 against a 640×192 camera_info
+        assert wait_until(lambda: rig.node.stats.snapshot()["bad_input"] == 1, 5)
+        rig.send(3)
+        assert wait_until(lambda: len(rig.depth) == 1, 5)
+        assert rig.node._worker.is_alive()
+    err = capfd.readouterr().err
+    assert "no camera_info received" in err
+    assert "input frame refused: image is 320x96 but its camera_info describes 640x192" in err
+
+
 def test_runtime_parameters_apply_and_invalid_ones_are_refused(ros) -> None:
     backend = FakeBackend(height=0.15)
     with Rig("/worker_params", backend, camera_height_m=1.5, scale_smoothing=1.0) as rig:

@@ -238,8 +238,14 @@ class DepthNode(Node):
 
     # -- callbacks -------------------------------------------------------------------------
     def _emit(self, level: str, message: str) -> None:
+        # One call site per severity: rclpy refuses a call site whose severity changes between calls.
         logger = self.get_logger()
-        {"warn": logger.warning, "error": logger.error, "info": logger.info}.get(level, logger.error)(message)
+        if level == "warn":
+            logger.warning(message)
+        elif level == "info":
+            logger.info(message)
+        else:
+            logger.error(message)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._info = msg
@@ -265,7 +271,10 @@ class DepthNode(Node):
             item = self._slot.get()
             if item is None:
                 return
-            self.process_item(*item)
+            try:
+                self.process_item(*item)
+            except Exception as err:  # noqa: BLE001 - the worker must outlive anything (even a logging failure)
+                print(f"[depth_node] worker: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
 
     def process_item(self, msg: Any, info: Any, t_received: float) -> FrameOutput | None:
         """Run one frame and publish it; every failure is logged and counted, never raised."""
