@@ -153,8 +153,9 @@ def infer_bag(
         info_by_stamp = {s: m for _, s, m in infos}
         info_times = [t for t, _, _ in infos]
         n_images = int(reader.topics[sel.image].msgcount)
-        if max_frames is not None:
-            n_images = min(n_images, max_frames)
+        truncate = max_frames is not None and max_frames < n_images
+        if truncate:
+            n_images = int(max_frames)
         scorer = _Scorer(processor, processor.scale_settings.metric) if sel.gt_depth else None
         store = typestore()
         with BagWriter(out, storage=storage, overwrite=overwrite) as writer:
@@ -172,11 +173,12 @@ def infer_bag(
                 writer.set_custom_data("dualdepth.infer", command)
             bar = tqdm(total=n_images, desc="inference", unit="frame", file=sys.stderr, disable=progress is False)
             try:
+                last_image_ns = None
                 for conn, log_ns, raw in reader.messages(connections=copied):
                     log_ns = int(log_ns)
                     is_image = conn.topic == sel.image
-                    if is_image and counts["images"] >= n_images:
-                        continue
+                    if truncate and counts["images"] >= n_images and (is_image or log_ns > (last_image_ns or log_ns)):
+                        break  # --max-frames: the output ends with the last image's log time
                     if not reader.is2:  # ROS 1 serialisation: convert to CDR
                         raw = store.serialize_cdr(reader.deserialize(raw, conn.msgtype), conn.msgtype)
                     writer.write_raw(conn.topic, raw, log_ns)
@@ -186,6 +188,7 @@ def infer_bag(
                     if not is_image:
                         continue
                     counts["images"] += 1
+                    last_image_ns = log_ns
                     bar.update(1)
                     msg = store.deserialize_cdr(raw, conn.msgtype)
                     stamp = stamp_to_ns(msg.header.stamp)
@@ -313,7 +316,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--confidence-threshold", type=float, help="NaN depth below this confidence (0 disables)")
     parser.add_argument("--output-namespace", default="", help="namespace of the output topics (default: none)")
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="output storage (default mcap)")
-    parser.add_argument("--max-frames", type=int, metavar="N", help="process only the first N images")
+    parser.add_argument(
+        "--max-frames", type=int, metavar="N", help="only the first N images (the output bag ends at the Nth image)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", metavar="FILE", help="write the summary (and accuracy) as JSON ('-' for stdout)")
 
