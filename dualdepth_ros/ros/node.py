@@ -300,7 +300,7 @@ class DepthNode(Node):
         try:
             self._publish(msg.header, out)
         except Exception as err:  # noqa: BLE001 - e.g. publishing during shutdown
-            if not self._closed:
+            if not self._closed and self.context.ok():
                 self._log("error", f"publishing failed: {type(err).__name__}: {err}")
             return None
         self.stats.published(t_received, out.timings["inference"])
