@@ -194,7 +194,11 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - one linear script
     summary: dict[str, Any] = {}
     try:
         deadline = time.monotonic() + args.startup_timeout
-        while not (player.image_pub.get_subscription_count() and node.count_publishers("/depth/image")):
+        while not (
+            player.image_pub.get_subscription_count()
+            and player.info_pub.get_subscription_count()
+            and node.count_publishers("/depth/image")
+        ):
             if proc.poll() is not None:
                 node_failed()
             if time.monotonic() > deadline:
@@ -304,6 +308,9 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - one linear script
             "p95": round(float(np.percentile(e2e, 95)) * 1e3, 3) if e2e.size else None,
         },
         "node_dropped": status.get("frames dropped"),
+        "node_without_scale": status.get("frames without scale"),
+        "node_without_camera_info": status.get("frames without camera_info"),
+        "node_refused": status.get("frames refused (bad input)"),
         "backend": status.get("backend"),
         "backend_reason": status.get("backend reason"),
         "device": status.get("device"),
@@ -327,8 +334,9 @@ def format_summary(s: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         "",
         f"depth_node: {s['backend']} on {s['device']}, model input {s['input_size']}",
-        f"frames: {s['frames_in']} in, {s['frames_out']} out ({s['node_dropped']} dropped by the node) over "
-        f"{s['play_seconds']:.1f} s of playback",
+        f"frames: {s['frames_in']} in, {s['frames_out']} out over {s['play_seconds']:.1f} s of playback (in the node: "
+        f"{s['node_dropped']} dropped for a newer frame, {s['node_without_scale']} before the first road-plane fit, "
+        f"{s['node_without_camera_info']} without camera_info, {s['node_refused']} refused)",
         f"output rate: {s['output_rate_hz'] or 0:.1f} frames/s (the input's rate: the node keeps up when they match)",
         f"latency in the node (receive → publish): p50 {s['latency_node_ms']['p50']} ms, "
         f"p95 {s['latency_node_ms']['p95']} ms",

@@ -193,8 +193,6 @@ class DepthNode(Node):
             f"{self.params['scale_mode']}; publishing {self.pub_depth.topic_name} and "
             f"{self.pub_conf.topic_name} ({self.params['qos_output_reliability']})"
         )
-        if info.get("reason"):
-            self.get_logger().info(f"backend choice: {info['reason']}")
 
     # -- parameters ------------------------------------------------------------------------
     def _declare_parameters(self) -> dict[str, Any]:
