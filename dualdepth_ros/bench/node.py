@@ -3,9 +3,8 @@
 For each model input size (default: the shipped model's, and 640×192 — a model exported from
 the same checkpoint at that size, cached under ``--cache``):
 
-* **backend alone** — the ONNX Runtime backend (``--threads`` CPU threads) on the preprocessed
-  frames, timed around :meth:`Backend.infer` only; measured before and after the node run and
-  pooled, so a drift of the machine's load shows in both columns alike;
+* **backend alone** — the ONNX Runtime backend (``--threads`` CPU threads) in this process on
+  the preprocessed frames, timed around :meth:`Backend.infer` only;
 * **node, end to end** — ``depth_node`` as its own process (same backend, same threads) and
   this process publishing a camera frame (rgb8 at the model's input size, with its
   camera_info) and waiting for ``depth/image`` with that stamp: publish → receive across two
@@ -14,6 +13,9 @@ the same checkpoint at that size, cached under ``--cache``):
   after the previous depth arrived (the node then finishes that frame's other outputs and its
   road-plane fit, as it does between a camera's frames), so nothing queues and the figure is
   the latency of one frame, not a backlog.
+
+The two are measured in alternating blocks of 10 frames (the node idles while the backend is
+timed), so a change of the machine's load during the run affects both columns alike.
 
 The goal of the issue: the node adds at most 15 % to the backend's time (p50 ratio).
 """
@@ -127,121 +129,126 @@ def _frames(bag: str, width: int, height: int, n: int) -> tuple[list[Any], Any]:
     return msgs, camera_info_message(K.resized(width, height), Header(frame_id="camera_optical_frame"))
 
 
-def _time_backend(model_dir: Path, threads: int, frames: list[Any], info: Any, n: int) -> tuple[list[float], dict]:
-    from ..inference import open_backend
+class _NodeUnderTest:
+    """``depth_node`` as a child process, and this process's publisher/subscriber to time it."""
 
-    backend = open_backend(model_dir, "onnxruntime", device="cpu", threads=threads)
-    try:
-        pre = backend.metadata.preprocessor()
-        inputs = [pre(f, info).image[None] for f in frames[: min(len(frames), 10)]]
-        for x in inputs[:3]:
-            backend.infer(x)
-        times = []
-        for i in range(n):
-            x = inputs[i % len(inputs)]
-            t = time.perf_counter()
-            backend.infer(x)
-            times.append(time.perf_counter() - t)
-        return times, backend.describe()
-    finally:
-        backend.close()
+    def __init__(self, model_dir: Path, args: argparse.Namespace, info: Any) -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from sensor_msgs.msg import CameraInfo, Image
 
+        from ..ros.qos import profile
 
-def _time_node(
-    model_dir: Path, args: argparse.Namespace, frames: list[Any], info: Any
-) -> tuple[list[float], dict[str, str]]:
-    """End-to-end latencies (s) and the node's own last diagnostics (key → value)."""
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
-    from sensor_msgs.msg import CameraInfo, Image
-
-    from ..ros.qos import profile
-
-    exe = Path(sys.executable).with_name("depth_node")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "dualdepth_ros.ros.node"]
-    ns = f"/bench_{os.getpid()}"
-    cmd += [
-        "--ros-args",
-        "-r",
-        f"__ns:={ns}",
-        "-p",
-        f"model_path:={model_dir.absolute()}",
-        "-p",
-        "backend:=onnxruntime",
-        "-p",
-        "device:=cpu",
-        "-p",
-        f"threads:={args.threads}",
-        "-p",
-        f"scale_mode:={args.scale_mode}",
-        "-p",
-        "camera_height_m:=1.5",
-        "-p",
-        "diagnostics_period_s:=0.25",
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    node = rclpy.create_node(f"bench_node_client_{os.getpid()}")
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    got: dict[int, float] = {}
-
-    def on_depth(msg: Image) -> None:
-        got[msg.header.stamp.sec] = time.perf_counter()
-
-    q = profile("reliable", 5)
-    image_pub = node.create_publisher(Image, f"{ns}/image", q)
-    info_pub = node.create_publisher(CameraInfo, f"{ns}/camera_info", q)
-    node.create_subscription(Image, f"{ns}/depth/image", on_depth, q)
-    diag: dict[str, str] = {}
-
-    def on_diag(msg: DiagnosticArray) -> None:
-        for status in msg.status:
-            if status.name == f"{ns.strip('/')}.depth_node: depth" or status.name.endswith("depth_node: depth"):
-                diag.clear()
-                diag.update({kv.key: kv.value for kv in status.values})
-
-    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
-    try:
+        exe = Path(sys.executable).with_name("depth_node")
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "dualdepth_ros.ros.node"]
+        self.ns = ns = f"/bench_{os.getpid()}"
+        params = {
+            "model_path": model_dir.absolute(),
+            "backend": "onnxruntime",
+            "device": "cpu",
+            "threads": args.threads,
+            "scale_mode": args.scale_mode,
+            "camera_height_m": 1.5,
+            "diagnostics_period_s": 0.25,
+        }
+        cmd += ["--ros-args", "-r", f"__ns:={ns}"] + [a for k, v in params.items() for a in ("-p", f"{k}:={v}")]
+        self.args = args
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.node = rclpy.create_node(f"bench_node_client_{os.getpid()}")
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self.got: dict[int, float] = {}
+        self.diag: dict[str, str] = {}
+        q = profile("reliable", 5)
+        self.image_pub = self.node.create_publisher(Image, f"{ns}/image", q)
+        self.info_pub = self.node.create_publisher(CameraInfo, f"{ns}/camera_info", q)
+        self.node.create_subscription(Image, f"{ns}/depth/image", self._on_depth, q)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
         deadline = time.monotonic() + 120
-        while not (image_pub.get_subscription_count() and node.count_publishers(f"{ns}/depth/image")):
-            if proc.poll() is not None:
-                raise DualDepthError(f"depth_node exited at start:\n{proc.stdout.read() if proc.stdout else ''}")
+        while not (
+            self.image_pub.get_subscription_count()
+            and self.info_pub.get_subscription_count()
+            and self.node.count_publishers(f"{ns}/depth/image")
+        ):
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read() if self.proc.stdout else ""
+                raise DualDepthError(f"depth_node exited at start:\n{out}")
             if time.monotonic() > deadline:
                 raise DualDepthError("depth_node did not come up within 120 s")
-            executor.spin_once(timeout_sec=0.1)
-        info_pub.publish(info)
-        t_end = time.monotonic() + 0.5
-        while time.monotonic() < t_end:
-            executor.spin_once(timeout_sec=0.05)
-        latencies = []
-        for i, frame in enumerate(frames):
-            stamp = frame.header.stamp.sec
-            t = time.perf_counter()
-            image_pub.publish(frame)
-            deadline = time.monotonic() + 10
-            while stamp not in got:
-                if time.monotonic() > deadline:
-                    raise DualDepthError(f"no depth for frame {i} within 10 s")
-                executor.spin_once(timeout_sec=0.5)
-            if i >= args.warmup:
-                latencies.append(got[stamp] - t)
-            t_gap = time.monotonic() + args.gap_ms / 1e3
-            while time.monotonic() < t_gap:
-                executor.spin_once(timeout_sec=max(0.0, t_gap - time.monotonic()))
-        t_diag = time.monotonic() + 1.0
-        while time.monotonic() < t_diag:  # a diagnostics message that covers the last frames
-            executor.spin_once(timeout_sec=0.1)
-        return latencies, diag
-    finally:
-        node.destroy_node()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+            self.spin(0.1)
+        self.info_pub.publish(info)
+        self.spin(0.5)
+
+    def _on_depth(self, msg: Any) -> None:
+        self.got[msg.header.stamp.sec] = time.perf_counter()
+
+    def _on_diag(self, msg: Any) -> None:
+        for status in msg.status:
+            if status.name.endswith("depth_node: depth") and self.ns.strip("/") in status.name:
+                self.diag = {kv.key: kv.value for kv in status.values}
+
+    def spin(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.executor.spin_once(timeout_sec=max(0.0, end - time.monotonic()))
+
+    def latency(self, frame: Any) -> float:
+        """Publish one frame, wait for its depth; publish → receive in seconds (then the gap)."""
+        stamp = frame.header.stamp.sec
+        t = time.perf_counter()
+        self.image_pub.publish(frame)
+        deadline = time.monotonic() + 10
+        while stamp not in self.got:
+            if time.monotonic() > deadline:
+                raise DualDepthError(f"no depth for the frame stamped {stamp} s within 10 s")
+            self.executor.spin_once(timeout_sec=0.5)
+        dt = self.got[stamp] - t
+        self.spin(self.args.gap_ms / 1e3)
+        return dt
+
+    def close(self) -> None:
+        self.spin(1.0)  # a diagnostics message that covers the last frames
+        self.node.destroy_node()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
             try:
-                proc.wait(timeout=20)
+                self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _measure(model_dir: Path, args: argparse.Namespace, frames: list[Any], info: Any) -> dict[str, Any]:
+    """Backend alone and node end to end, interleaved in blocks of 10 frames (same load for both)."""
+    from ..inference import open_backend
+
+    backend = open_backend(model_dir, "onnxruntime", device="cpu", threads=args.threads)
+    node = None
+    try:
+        pre = backend.metadata.preprocessor()
+        inputs = [pre(f, info).image[None] for f in frames]
+        node = _NodeUnderTest(model_dir, args, info)
+        for i in range(args.warmup):
+            backend.infer(inputs[i])
+            node.latency(frames[i])
+        backend_t: list[float] = []
+        node_t: list[float] = []
+        for start in range(args.warmup, len(frames), 10):
+            block = range(start, min(start + 10, len(frames)))
+            for i in block:
+                t = time.perf_counter()
+                backend.infer(inputs[i])
+                backend_t.append(time.perf_counter() - t)
+                time.sleep(args.gap_ms / 1e3)
+            for i in block:
+                node_t.append(node.latency(frames[i]))
+        desc = backend.describe()
+    finally:
+        backend.close()
+        if node is not None:
+            node.close()
+    return {"backend": backend_t, "node": node_t, "diag": node.diag if node else {}, "describe": desc}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -268,12 +275,9 @@ def run(args: argparse.Namespace) -> int:
             md = load_metadata(model_dir)
             w, h = md.input_width, md.input_height
             frames, info = _frames(args.bag, w, h, args.frames + args.warmup)
-            log(f"{w}x{h}: backend alone ({args.threads} thread(s)) …")
-            before, desc = _time_backend(model_dir, args.threads, frames, info, args.frames // 2)
-            log(f"{w}x{h}: depth_node end to end …")
-            node_t, diag = _time_node(model_dir, args, frames, info)
-            after, _ = _time_backend(model_dir, args.threads, frames, info, args.frames - args.frames // 2)
-            backend_t = before + after
+            log(f"{w}x{h}: backend alone and depth_node end to end, {args.threads} thread(s), interleaved …")
+            m = _measure(model_dir, args, frames, info)
+            backend_t, node_t, diag, desc = m["backend"], m["node"], m["diag"], m["describe"]
             row = {
                 "size": f"{w}x{h}",
                 "backend": desc.get("name"),
