@@ -68,7 +68,7 @@ def test_backend_raising_at_runtime_then_recovering() -> None:
     client.create_subscription(
         DiagnosticArray,
         "/diagnostics",
-        lambda m: diag.extend(s for s in m.status if s.name.startswith("depth_node")),
+        lambda m: diag.extend(s for s in m.status if s.name == "fault/depth_node: depth"),
         10,
     )
     try:

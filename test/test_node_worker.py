@@ -78,7 +78,7 @@ class Rig:
             Image, f"{ns}/depth/image", lambda m: self.depth.append((time.monotonic(), m)), 50
         )
         self.client.create_subscription(CameraInfo, f"{ns}/depth/camera_info", self.infos.append, 50)
-        name = f"{self.node.get_name()}: depth"
+        name = f"{ns.strip('/')}/depth_node: depth"
 
         def on_diag(msg: DiagnosticArray) -> None:
             self.diag.extend(s for s in msg.status if s.name == name)

@@ -185,7 +185,7 @@ class _NodeUnderTest:
 
     def _on_diag(self, msg: Any) -> None:
         for status in msg.status:
-            if status.name.endswith("depth_node: depth") and self.ns.strip("/") in status.name:
+            if status.name == f"{self.ns.strip('/')}/depth_node: depth":
                 self.diag = {kv.key: kv.value for kv in status.values}
 
     def spin(self, seconds: float) -> None:

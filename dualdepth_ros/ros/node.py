@@ -319,7 +319,7 @@ class DepthNode(Node):
     def diagnostics(self) -> Any:
         """The current ``DiagnosticStatus`` (what the timer publishes)."""
         return diagnostic_status(
-            f"{self.get_name()}: depth",
+            f"{self.get_fully_qualified_name().lstrip('/')}: depth",
             str(self._backend_info.get("device", self._backend_info.get("name", ""))),
             self.stats.snapshot(),
             self._backend_info,
