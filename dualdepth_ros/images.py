@@ -12,6 +12,7 @@ machine); everything else through ``rosbags-image`` plus the row-stride handling
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any
 
@@ -65,6 +66,7 @@ def _is_rclpy_message(msg: Any) -> bool:
     return type(msg).__module__.startswith("sensor_msgs.msg")
 
 
+@functools.lru_cache(maxsize=1)  # looked up once: a failed import costs ~0.2 ms per frame otherwise
 def _cv_bridge() -> Any | None:
     try:
         from cv_bridge import CvBridge  # type: ignore[import-not-found]
