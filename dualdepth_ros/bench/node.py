@@ -159,6 +159,7 @@ class _NodeUnderTest:
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
         self.got: dict[int, float] = {}
+        self._stamp = 1000
         self.diag: dict[str, str] = {}
         q = profile("reliable", 5)
         self.image_pub = self.node.create_publisher(Image, f"{ns}/image", q)
@@ -193,16 +194,17 @@ class _NodeUnderTest:
         while time.monotonic() < end:
             self.executor.spin_once(timeout_sec=max(0.0, end - time.monotonic()))
 
-    def latency(self, frame: Any) -> float:
-        """Publish one frame, wait for its depth; publish → receive in seconds (then the gap)."""
-        stamp = frame.header.stamp.sec
+    def latency(self, frame: Any, timeout: float = 10.0) -> float | None:
+        """Publish one frame, wait for its depth; publish → receive in seconds (then the gap); None: no depth."""
+        self._stamp += 1  # every publication gets its own stamp (frames are sent more than once)
+        stamp = frame.header.stamp.sec = self._stamp
         t = time.perf_counter()
         self.image_pub.publish(frame)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + timeout
         while stamp not in self.got:
             if time.monotonic() > deadline:
-                raise DualDepthError(f"no depth for the frame stamped {stamp} s within 10 s")
-            self.executor.spin_once(timeout_sec=0.5)
+                return None
+            self.executor.spin_once(timeout_sec=min(0.5, timeout))
         dt = self.got[stamp] - t
         self.spin(self.args.gap_ms / 1e3)
         return dt
@@ -231,7 +233,13 @@ def _measure(model_dir: Path, args: argparse.Namespace, frames: list[Any], info:
         node = _NodeUnderTest(model_dir, args, info)
         for i in range(args.warmup):
             backend.infer(inputs[i])
-            node.latency(frames[i])
+            node.latency(frames[i], timeout=5.0)
+        # camera_height: depth is published once a first road plane is found; warm up until then.
+        tries = 0
+        while node.latency(frames[tries % len(frames)], timeout=5.0) is None:
+            tries += 1
+            if tries > 60:
+                raise DualDepthError(f"depth_node published nothing for 60 frames (scale_mode {args.scale_mode})")
         backend_t: list[float] = []
         node_t: list[float] = []
         for start in range(args.warmup, len(frames), 10):
@@ -242,7 +250,10 @@ def _measure(model_dir: Path, args: argparse.Namespace, frames: list[Any], info:
                 backend_t.append(time.perf_counter() - t)
                 time.sleep(args.gap_ms / 1e3)
             for i in block:
-                node_t.append(node.latency(frames[i]))
+                dt = node.latency(frames[i])
+                if dt is None:
+                    raise DualDepthError(f"no depth for frame {i} within 10 s (see the node's log)")
+                node_t.append(dt)
         desc = backend.describe()
     finally:
         backend.close()
