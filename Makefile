@@ -27,6 +27,7 @@ TRAIN_BAGS    := $(foreach s,$(TRAIN_SEEDS),$(DATA)/drive_$(s))
 HELDOUT_BAG   := $(DATA)/heldout_$(HELDOUT_SEED)
 DRIVE_ARGS    := --frames 300 --width 320 --height 96 --format mcap
 MODEL         := models/dualdepth_default.pt
+EXPORTED      := models/dualdepth_default
 
 # ROS 2 launch / launch_testing / ros2cli wheels (test tooling; not on PyPI, see their README):
 # `make test` installs them when the folder exists; without it the launch test skips and says why.
@@ -35,7 +36,7 @@ LAUNCH_STAMP := $(VENV)/.ros2-launch-stamp
 # The ros-jazzy wheels register their packages under the venv prefix but set no AMENT_PREFIX_PATH.
 VENV_AMENT := AMENT_PREFIX_PATH="$(abspath $(VENV))$${AMENT_PREFIX_PATH:+:$$AMENT_PREFIX_PATH}"
 
-.PHONY: help setup build lint test test-tools test-fast demo sample bench data train ablation clean
+.PHONY: help setup build lint test test-tools test-fast demo sample bench data train export-default ablation clean
 
 help:
 	@echo "make setup   create .venv with pinned deps (ROS 2 Jazzy wheels, torch CPU, rosbags, colcon) and install the package"
@@ -43,6 +44,7 @@ help:
 	@echo "make demo    setup + build + depth_node on the bundled sample drive via ROS 2 (bag, mosaic, latency, accuracy)"
 	@echo "make sample  re-record the bundled sample drive (test/data/sample_drive)"
 	@echo "make bench   print the benchmark figures (rendering, training step)"
+	@echo "make export-default  re-export the default model (models/dualdepth_default/) from $(MODEL)"
 
 setup: $(STAMP)
 
@@ -117,6 +119,12 @@ train: setup data
 	$(VENV)/bin/dualdepth pack --checkpoint runs/default/last.pt --out $(MODEL)
 	$(VENV)/bin/dualdepth eval --checkpoint $(MODEL) --bag $(HELDOUT_BAG) --json models/dualdepth_default.eval.json \
 	  --plots models/dualdepth_default_plots
+	$(MAKE) export-default
+
+# The shipped exported model (ONNX + model.json + weights.pt), checked in CI to match $(MODEL)
+# (test/test_export_default.py): re-run after every change of the checkpoint.
+export-default: setup
+	$(VENV)/bin/dualdepth export --checkpoint $(MODEL) --out $(EXPORTED) --per-branch --overwrite
 
 # The ablation table (docs/ablation.md): every variant with the same budget, scored on the held-out drive.
 ablation: setup data

@@ -22,6 +22,7 @@ setup(
         ("share/" + package_name + "/config", files("config/*.yaml") + files("config/*.rviz")),
         ("share/" + package_name + "/config/ablations", files("config/ablations/*.yaml")),
         ("share/" + package_name + "/models", files("models/*.*")),
+        ("share/" + package_name + "/models/dualdepth_default", files("models/dualdepth_default/*")),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

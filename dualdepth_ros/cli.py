@@ -32,6 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "dualdepth_ros.ros.demo",
         "depth_node as its own process on a recorded drive: outputs, mosaic, latency, accuracy",
     ),
+    "export": (
+        "dualdepth_ros.inference.cli",
+        "export a checkpoint to ONNX + model.json (+ weights.pt) for the backends",
+    ),
     "bench": ("dualdepth_ros.bench", "run a benchmark (rendering, training step, training throughput)"),
 }
 

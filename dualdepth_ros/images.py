@@ -6,22 +6,27 @@ so a frame becomes the same array everywhere. Messages are duck-typed: rclpy mes
 step, data`` and ``format, data``).
 
 Decoding of rclpy messages goes through ``cv_bridge`` when it is installed (a real ROS
-machine); everything else through ``rosbags-image`` plus the row-stride handling that
-``rosbags-image`` lacks. Both give identical arrays for the encodings we test.
+machine); everything else through this module's own numpy/OpenCV conversions, which follow
+``rosbags-image``'s rules (its encoding table and its OpenCV colour codes, so both give the same
+arrays: tested) plus the row-stride handling that ``rosbags-image`` lacks. This module imports
+neither torch nor rosbags: the runtime path (the node, ONNX Runtime / TensorRT inference) uses it.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from typing import Any
 
 import cv2
 import numpy as np
-from rosbags.image.image import ImageError, convert_color, to_cvtype
 
 __all__ = [
     "ImageDecodeError",
+    "ImageError",
+    "to_cvtype",
+    "convert_color",
     "is_compressed",
     "decode_image",
     "decode_rgb",
@@ -55,6 +60,123 @@ COLOUR_ENCODINGS = (
 
 class ImageDecodeError(ValueError):
     """A message that cannot be turned into an array: unknown encoding, short data, bad bytes."""
+
+
+# ---------------------------------------------------------------------------------------
+# Encodings and colour conversion (the rules of rosbags-image, without the dependency)
+# ---------------------------------------------------------------------------------------
+class ImageError(ValueError):
+    """An encoding that is unknown, or a conversion between two encodings that is not supported."""
+
+
+#: ROS encoding → (bits per channel, colour format, numpy dtype, channels). The bayer names are
+#: OpenCV's, which shift the pattern by one pixel: ROS ``bayer_rggb`` is OpenCV ``BayerBG``.
+_ENCODINGS: dict[str, tuple[int, str, str, int]] = {
+    "mono8": (8, "GRAY", "uint8", 1),
+    "bayer_rggb8": (8, "BAYER_BG", "uint8", 1),
+    "bayer_bggr8": (8, "BAYER_RG", "uint8", 1),
+    "bayer_gbrg8": (8, "BAYER_GR", "uint8", 1),
+    "bayer_grbg8": (8, "BAYER_GB", "uint8", 1),
+    "uyvy": (8, "YUV_UYVY", "uint8", 2),
+    "yuv422": (8, "YUV_UYVY", "uint8", 2),
+    "yuyv": (8, "YUV_YUYV", "uint8", 2),
+    "yuv422_yuy2": (8, "YUV_YUYV", "uint8", 2),
+    "nv12": (8, "YUV_NV12", "uint8", 1),
+    "nv21": (8, "YUV_NV21", "uint8", 1),
+    "bgr8": (8, "BGR", "uint8", 3),
+    "rgb8": (8, "RGB", "uint8", 3),
+    "bgra8": (8, "BGRA", "uint8", 4),
+    "rgba8": (8, "RGBA", "uint8", 4),
+    "mono16": (16, "GRAY", "uint16", 1),
+    "bayer_rggb16": (16, "BAYER_BG", "uint16", 1),
+    "bayer_bggr16": (16, "BAYER_RG", "uint16", 1),
+    "bayer_gbrg16": (16, "BAYER_GR", "uint16", 1),
+    "bayer_grbg16": (16, "BAYER_GB", "uint16", 1),
+    "bgr16": (16, "BGR", "uint16", 3),
+    "rgb16": (16, "RGB", "uint16", 3),
+    "bgra16": (16, "BGRA", "uint16", 4),
+    "rgba16": (16, "RGBA", "uint16", 4),
+}
+#: OpenCV-style generic encodings: ``8UC3``, ``32FC1``, ``16U`` …
+_GENERIC_RE = re.compile(r"(8U|8S|16U|16S|32S|32F|64F)(?:C([0-9]+))?")
+_GENERIC_DTYPES = {"8U": "uint8", "8S": "int8", "16U": "uint16", "16S": "int16", "32S": "int32", "32F": "float32"}
+_GENERIC_DTYPES["64F"] = "float64"
+_FORMATS = ("GRAY", "RGB", "BGR", "RGBA", "BGRA", "YUV_UYVY", "YUV_YUYV", "YUV_NV12", "YUV_NV21")
+_FORMATS += ("BAYER_RG", "BAYER_BG", "BAYER_GB", "BAYER_GR")
+
+
+def to_cvtype(encoding: str) -> tuple[int, str, str, int]:
+    """``(bits per channel, colour format, numpy dtype name, channels)`` of a ROS image encoding.
+
+    Generic encodings (``32FC1``, ``16UC3`` …) have the format ``"GENERIC"``.
+
+    Raises
+    ------
+    ImageError : an unknown encoding.
+    """
+    if encoding in _ENCODINGS:
+        return _ENCODINGS[encoding]
+    match = _GENERIC_RE.fullmatch(encoding)
+    if match:
+        depth, nchan = match.groups()
+        return (int(re.match(r"\d+", depth).group()), "GENERIC", _GENERIC_DTYPES[depth], int(nchan or 1))
+    raise ImageError(f"Format {encoding!r} is not supported")
+
+
+def _conversion_code(src: str, dst: str) -> int | None:
+    """The ``cv2.COLOR_*`` code from format ``src`` to ``dst``; 0 when they are the same; None if none exists.
+
+    Names are built as OpenCV spells them, e.g. ``BAYER_BG`` → ``RGB`` is ``COLOR_BAYER_BG2RGB`` and
+    ``YUV_NV12`` → ``BGR`` is ``COLOR_YUV2BGR_NV12`` (both spellings are tried).
+    """
+    s, d = src.partition("_"), dst.partition("_")
+    if s == d:
+        return 0
+    for name in (f"COLOR_{s[0]}2{d[0]}{s[1]}{s[2]}{d[1]}{d[2]}", f"COLOR_{s[0]}{s[1]}{s[2]}2{d[0]}{d[1]}{d[2]}"):
+        code = getattr(cv2, name, None)
+        if code is not None:
+            return int(code)
+    return None
+
+
+def convert_color(src: np.ndarray, src_encoding: str, dst_encoding: str) -> np.ndarray:
+    """Convert an image array from one ROS encoding to another (colour space and bit depth).
+
+    Parameters
+    ----------
+    src : ``H×W`` or ``H×W×C`` array in ``src_encoding``.
+    src_encoding, dst_encoding : ROS encodings (``"bayer_rggb8"``, ``"rgb8"``, ``"32FC1"`` …).
+
+    Returns
+    -------
+    The array in ``dst_encoding`` (``src`` itself when the encodings are equal). 8 ↔ 16 bit
+    scales by ``65535 / 255`` (16 → 8 truncates); other dtype changes are plain casts.
+
+    Raises
+    ------
+    ImageError : an unknown encoding, or no conversion between the two.
+    """
+    if src_encoding == dst_encoding:
+        return src
+    src_depth, src_fmt, src_dtype, src_nchan = to_cvtype(src_encoding)
+    dst_depth, dst_fmt, dst_dtype, dst_nchan = to_cvtype(dst_encoding)
+    if "GENERIC" in (src_fmt, dst_fmt):
+        if src_nchan != dst_nchan:
+            raise ImageError(f"Conversion {src_encoding!r} -> {dst_encoding!r} is not supported")
+        code = 0
+    else:
+        code = _conversion_code(src_fmt, dst_fmt)
+        if code is None:
+            raise ImageError(f"Conversion {src_encoding!r} -> {dst_encoding!r} is not supported")
+    if code:
+        src = cv2.cvtColor(src, code)
+    if src_dtype != dst_dtype:
+        if src_depth == 8 and dst_depth == 16:
+            return np.multiply(src.astype(dst_dtype, copy=False), 65535.0 / 255.0)
+        if src_depth == 16 and dst_depth == 8:
+            return np.multiply(src, 255.0 / 65535.0).astype(dst_dtype, copy=False)
+        return src.astype(dst_dtype, copy=False)
+    return src
 
 
 def is_compressed(msg: Any) -> bool:

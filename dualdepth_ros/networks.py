@@ -1,4 +1,4 @@
-"""Depth and pose networks: ResNet encoder, two-branch depth decoder, fusion, PoseNet, export module.
+"""Depth and pose networks: ResNet encoder, two-branch depth decoder, fusion, PoseNet, exported module.
 
 Model units
 -----------
@@ -22,12 +22,14 @@ not a multiple of 32: the decoder upsamples to the skip connection's exact size)
 :class:`DepthModel` runs the depth net on every frame of a clip that needs a depth and the PoseNet
 on every pair, and returns the same keys with a frame offset inserted; see its docstring and the
 module docstring of :mod:`dualdepth_ros.losses` for the clip layout.
+
+:class:`ExportModule` is the depth net as it is served (fused outputs at full resolution); the
+ONNX export of it (graph names, metadata, the exporter) lives in :mod:`dualdepth_ros.inference`.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -54,9 +56,6 @@ __all__ = [
     "build_pose_net",
     "count_parameters",
     "count_flops",
-    "export_onnx",
-    "ONNX_INPUT_NAME",
-    "ONNX_OUTPUT_NAMES",
 ]
 
 #: Registry: encoder name → residual blocks per stage (BasicBlock, ResNet-18 family).
@@ -68,10 +67,6 @@ ENCODER_BLOCKS: dict[str, tuple[int, int, int, int]] = {
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-#: Names of the exported graph's input and outputs (design.md "Model graph"; the node binds by name).
-ONNX_INPUT_NAME = "image"
-ONNX_OUTPUT_NAMES = ("depth", "confidence")
 
 
 # ---------------------------------------------------------------------------------------
@@ -558,79 +553,50 @@ def _pose_from_xyzq(v: Sequence[float]) -> torch.Tensor:
 # Export
 # ---------------------------------------------------------------------------------------
 class ExportModule(nn.Module):
-    """The graph that is exported: ``image`` → ``depth``, ``confidence`` (+ per-branch outputs).
+    """The graph that is exported and served: ``image`` → fused depth and confidence (+ per branch).
 
-    Input ``image`` float32 ``N×3×H×W`` RGB in [0, 1]; outputs ``depth`` ``N×1×H×W`` (model units)
-    and ``confidence`` ``N×1×H×W`` in [0, 1], then with ``per_branch`` ``depth_branch{b}`` and
-    ``confidence_branch{b}`` for each branch (see :meth:`output_names`).
+    Input ``image`` float32 ``N×3×H×W`` RGB in [0, 1]. Returns a tuple, in this order: the fused
+    depth ``N×1×H×W`` float32 (model units), the fused confidence ``N×1×H×W`` float32 in [0, 1],
+    then with ``per_branch`` each branch's depth and confidence (branch 0 first). The names that
+    the ONNX graph gives them live in :mod:`dualdepth_ros.inference.metadata`.
+
+    The result equals :class:`DepthNet`'s ``("depth_fused", 0)``, ``("conf_fused", 0)``,
+    ``("depth", b, 0)``, ``("conf", b, 0)`` (only scale 0 is computed). With ``precision="fp16"``
+    the encoder and decoders run in float16 (the net's weights must already be float16:
+    ``net.half()``), while the depth and confidence activations, the comparison of the
+    confidences and the ``argmax`` run in float32: each branch's logits are cast to float32
+    before the sigmoid, so near-equal confidences are not rounded to a tie, and the inputs and
+    outputs stay float32.
     """
 
-    def __init__(self, depth_net: DepthNet, per_branch: bool = False) -> None:
+    def __init__(self, depth_net: DepthNet, per_branch: bool = False, precision: str = "fp32") -> None:
         super().__init__()
+        if precision not in ("fp32", "fp16"):
+            raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+        if 0 not in depth_net.scales:
+            raise ValueError("the exported graph needs the full-resolution scale 0 in the depth net's scales")
         self.net = depth_net
-        self.per_branch = per_branch
-
-    def output_names(self) -> list[str]:
-        names = list(ONNX_OUTPUT_NAMES)
-        if self.per_branch:
-            for b in range(self.net.num_branches):
-                names += [f"depth_branch{b}", f"confidence_branch{b}"]
-        return names
+        self.per_branch = bool(per_branch)
+        self.precision = precision
+        self.compute_dtype = torch.float16 if precision == "fp16" else torch.float32
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.net(image)
-        res = [out[("depth_fused", 0)], out[("conf_fused", 0)]]
+        net = self.net
+        feats = net.encoder(image.to(self.compute_dtype))
+        size = (image.shape[-2], image.shape[-1])
+        depths: list[torch.Tensor] = []
+        confs: list[torch.Tensor] = []
+        for branch in net.branches:
+            depth_logit, conf_logit = branch(feats, size)[0]
+            depth_logit = depth_logit.float()
+            depths.append(disp_to_depth(depth_logit, net.disp_scale, net.disp_offset))
+            confs.append(torch.ones_like(depth_logit) if conf_logit is None else torch.sigmoid(conf_logit.float()))
+        depth, conf = fuse_branches(depths, confs)
+        res = [depth, conf]
         if self.per_branch:
-            for b in range(self.net.num_branches):
-                res += [out[("depth", b, 0)], out[("conf", b, 0)]]
+            for d, c in zip(depths, confs):
+                res += [d, c]
         return tuple(res)
-
-
-def export_onnx(
-    depth_net: DepthNet,
-    path: str,
-    height: int,
-    width: int,
-    per_branch: bool = False,
-    opset: int = 18,
-    dynamic_batch: bool = False,
-    dynamo: bool | None = None,
-) -> list[str]:
-    """Export the fused model to ONNX with the fixed names of design.md; returns the output names.
-
-    ``dynamo=None`` (default) uses torch 2.13's default ``torch.export``-based exporter and falls
-    back to the (deprecated) TorchScript exporter if that raises; ``True``/``False`` force one.
-    Both give the same graph ops (Conv, Elu, Resize, Sigmoid, ArgMax, GatherElements) and outputs
-    equal to PyTorch's (checked in ``test/test_networks.py``). The model is exported in eval mode
-    (its training mode is restored afterwards).
-    """
-    was_training = depth_net.training
-    module = ExportModule(depth_net, per_branch).eval()
-    names = module.output_names()
-    dummy = torch.rand(1 if not dynamic_batch else 2, 3, height, width)
-    common = dict(input_names=[ONNX_INPUT_NAME], output_names=names, opset_version=opset)
-    try:
-        with torch.no_grad():
-            if dynamo is None or dynamo:
-                try:
-                    shapes = ({0: torch.export.Dim("batch", min=1, max=64)},) if dynamic_batch else None
-                    torch.onnx.export(
-                        module, (dummy,), path, dynamo=True, dynamic_shapes=shapes, verbose=False, **common
-                    )
-                    return names
-                except Exception as err:  # noqa: BLE001 - any exporter failure → try the other path
-                    if dynamo:
-                        raise
-                    warnings.warn(
-                        f"torch.export-based ONNX export failed ({err}); using the TorchScript exporter", stacklevel=2
-                    )
-            axes = {n: {0: "batch"} for n in [ONNX_INPUT_NAME, *names]} if dynamic_batch else None
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                torch.onnx.export(module, (dummy,), path, dynamo=False, dynamic_axes=axes, **common)
-    finally:
-        depth_net.train(was_training)
-    return names
 
 
 # ---------------------------------------------------------------------------------------

@@ -44,11 +44,10 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
 
 from .errors import DualDepthError
-from .geometry import Intrinsics
 from .images import ImageDecodeError, decode_image, decode_rgb
+from .intrinsics import Intrinsics
 
 __all__ = [
     "RESIZE_MODES",
@@ -329,8 +328,10 @@ class PreprocessedFrame:
     rgb: np.ndarray
     intrinsics: Intrinsics
 
-    def tensor(self, device: Any = None) -> torch.Tensor:
-        """The model input as a ``1×3×h×w`` float32 tensor."""
+    def tensor(self, device: Any = None) -> Any:
+        """The model input as a ``1×3×h×w`` float32 torch tensor (torch is imported here, not by the module)."""
+        import torch
+
         return torch.from_numpy(self.image).unsqueeze(0).to(device)
 
 

@@ -530,7 +530,8 @@ def test_overfit_one_tiny_clip(repo_root) -> None:
 # ---------------------------------------------------------------------------------------
 def test_bf16_autocast_keeps_the_warp_exact_and_the_loss_equal_to_fp32() -> None:
     """Under CPU bfloat16 autocast (as AMP runs the step), an identity warp at 640×192 is exact to
-    1e-3 px and the loss equals its float32 value; the same geometry left to autocast is off by pixels."""
+    1e-3 px and the loss equals its float32 value; the same geometry left to autocast is off by pixels.
+    """
     from dualdepth_ros.geometry import pixel_grid
     from dualdepth_ros.losses import LossContext
 

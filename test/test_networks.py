@@ -1,22 +1,22 @@
-"""Networks: shapes and ranges, the fusion rule, size limits, pose layout, ONNX export."""
+"""Networks: shapes and ranges, the fusion rule, size limits, pose layout, the exported module."""
 
-import numpy as np
+import copy
+
 import pytest
 import torch
 
 from dualdepth_ros.config import load_config
 from dualdepth_ros.geometry import Intrinsics
 from dualdepth_ros.networks import (
-    ONNX_INPUT_NAME,
     BasicBlock,
     DepthModel,
     DepthNet,
+    ExportModule,
     PoseNet,
     ResNetEncoder,
     build_depth_net,
     count_flops,
     count_parameters,
-    export_onnx,
     fuse_branches,
 )
 
@@ -135,35 +135,42 @@ def test_depth_model_outputs_layout(mode: str) -> None:
     torch.testing.assert_close(out[("depth_fused", 0, 0)], alone[("depth_fused", 0)])
 
 
-@pytest.mark.parametrize("dynamo", [None, False])  # default (torch.export-based) and the TorchScript fallback
-def test_onnx_export_matches_pytorch(tmp_path, dynamo: bool | None) -> None:
-    import onnxruntime as ort
-
+def test_export_module_equals_depth_net_scale_0() -> None:
+    """The served module (fused + per-branch at full resolution) equals DepthNet's outputs; the ONNX
+    export of it is tested in test/test_export.py.
+    """
     torch.manual_seed(0)
     net = DepthNet(**SMALL)
     net.train()
     with torch.no_grad():  # non-trivial BatchNorm statistics
         for _ in range(3):
             net(torch.rand(4, 3, 64, 96))
-    path = tmp_path / "depth.onnx"
-    names = export_onnx(net, str(path), 64, 96, per_branch=True, dynamic_batch=dynamo is None, dynamo=dynamo)
-    assert names[:2] == ["depth", "confidence"] and net.training  # mode restored
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert [i.name for i in sess.get_inputs()] == [ONNX_INPUT_NAME]
-    assert [o.name for o in sess.get_outputs()] == names
-    n = 2 if dynamo is None else 1
-    x = torch.rand(n, 3, 64, 96)
-    got = dict(zip(names, sess.run(None, {ONNX_INPUT_NAME: x.numpy()})))
     net.eval()
+    x = torch.rand(2, 3, 64, 96)
     with torch.no_grad():
         out = net(x)
-    ref = {
-        "depth": out[("depth_fused", 0)],
-        "confidence": out[("conf_fused", 0)],
-        "depth_branch0": out[("depth", 0, 0)],
-        "confidence_branch1": out[("conf", 1, 0)],
-    }
-    for k, v in ref.items():
-        assert got[k].shape == (n, 1, 64, 96) and got[k].dtype == np.float32
-        np.testing.assert_allclose(got[k], v.numpy(), rtol=1e-4, atol=1e-5, err_msg=k)
-    assert float(got["confidence"].min()) >= 0 and float(got["confidence"].max()) <= 1
+        got = ExportModule(net, per_branch=True)(x)
+        fused_only = ExportModule(net)(x)
+    ref = [out[("depth_fused", 0)], out[("conf_fused", 0)]]
+    for b in range(2):
+        ref += [out[("depth", b, 0)], out[("conf", b, 0)]]
+    assert len(got) == 6 and len(fused_only) == 2
+    for g, r in zip(got, ref):
+        assert g.dtype == torch.float32 and g.shape == (2, 1, 64, 96)
+        torch.testing.assert_close(g, r, rtol=0, atol=0)
+    torch.testing.assert_close(fused_only[0], ref[0], rtol=0, atol=0)
+
+
+def test_export_module_fp16_keeps_the_fusion_in_fp32() -> None:
+    torch.manual_seed(0)
+    net = DepthNet(**SMALL).eval()
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        ref = ExportModule(net, per_branch=True)(x)
+        half = ExportModule(copy.deepcopy(net).half(), per_branch=True, precision="fp16")(x)
+    assert all(t.dtype == torch.float32 for t in half)  # outputs (and the argmax input) are float32
+    for b in range(2):  # per branch: fp16 rounding only
+        torch.testing.assert_close(half[2 + 2 * b], ref[2 + 2 * b], rtol=1e-2, atol=0)
+        torch.testing.assert_close(half[3 + 2 * b], ref[3 + 2 * b], rtol=0, atol=1e-2)
+    with pytest.raises(ValueError, match="precision"):
+        ExportModule(net, precision="int8")

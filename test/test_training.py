@@ -171,3 +171,65 @@ def test_ddp_two_cpu_processes_gloo(sample_bag: Path, tmp_path: Path) -> None:
     ckpt = load_checkpoint(tmp_path / "ddp" / "last.pt")
     assert ckpt["world_size"] == 2 and ckpt["step"] == 2
     assert "× 2 processes" in proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# Memory: measured micro-batches with exact gradient accumulation
+# ---------------------------------------------------------------------------------------
+def _frozen_batchnorm(model: torch.nn.Module) -> None:
+    """BatchNorm with running statistics even in train mode: the only part micro-batching may change."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.forward = lambda x, m=m: torch.nn.functional.batch_norm(  # noqa: E731
+                x, m.running_mean, m.running_var, m.weight, m.bias, False
+            )
+
+
+def test_micro_batches_accumulate_exactly_the_full_batch_gradient(sample_bag: Path, tmp_path: Path) -> None:
+    from dualdepth_ros.losses import gate_statistic
+    from dualdepth_ros.training.trainer import to_model_batch
+
+    grads, threshold = {}, None
+    for micro in (4, 1, 3):  # one pass; four of one; ragged 2 + 2
+        # no random auto-mask tie-breaker: the split would draw it differently
+        cfg = tiny_cfg("optim.batch_size=4", f"train.micro_batch={micro}", "loss.photometric.automask_noise=0")
+        trainer = Trainer(cfg, [str(sample_bag)], tmp_path / f"m{micro}", progress=False)
+        assert trainer.micro_batch == micro
+        _frozen_batchnorm(trainer.model)
+        torch.manual_seed(0)
+        items = torch.utils.data.default_collate([trainer.train_set[i] for i in range(4)])
+        if threshold is None:  # gate two of the four clips (the same weights in every run: same seed)
+            with torch.no_grad():
+                batch = to_model_batch(items, torch.device("cpu"))
+                stat = gate_statistic(batch, trainer.model(batch), cfg).sort().values
+            threshold = float(stat[1] + stat[2]) / 2
+        trainer.cfg.loss.two_branch.gate_threshold = threshold
+        trainer.optimizer.step = lambda: None  # keep the weights: compare the accumulated gradients
+        torch.manual_seed(1)
+        logged = trainer.train_step(items)
+        grads[micro] = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        grads[micro]["kept"] = torch.tensor(logged["gate_kept"])
+    assert 0.0 < float(grads[4]["kept"]) < 1.0, "the threshold should gate some but not all of the 4 clips"
+    for micro in (1, 3):
+        assert grads[micro].keys() == grads[4].keys()
+        for name, g in grads[4].items():
+            torch.testing.assert_close(grads[micro][name], g, rtol=1e-4, atol=1e-7, msg=f"micro {micro}: {name}")
+
+
+def test_memory_plan_picks_the_largest_micro_batch_that_fits_and_refuses_one_that_cannot() -> None:
+    import numpy as np
+
+    from dualdepth_ros.training.memory import GiB, plan_micro_batch
+
+    def trial(n: int) -> None:  # a step that needs 50 MiB + 100 MiB per clip, touched so it is resident
+        block = np.ones(int((50 + 100 * n) * 2**20) // 8)
+        block[::512] += 1.0
+        del block
+
+    plan = plan_micro_batch(trial, 12, torch.device("cpu"), fraction=1.0, available=0.6 * GiB)
+    assert 80 * 2**20 < plan.per_clip < 120 * 2**20, plan
+    assert plan.micro_batch in (4, 5), plan  # (614 − 50) / 100 ≈ 5.6 → 5 (4 with sampling slack)
+    assert plan.accumulation == -(-12 // plan.micro_batch)
+    assert "micro-batch" in plan.describe() and "GiB per clip" in plan.describe()
+    with pytest.raises(DualDepthError, match="one training clip needs about .* lower input.width"):
+        plan_micro_batch(trial, 12, torch.device("cpu"), fraction=1.0, available=0.1 * GiB)

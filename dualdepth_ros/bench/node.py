@@ -105,8 +105,8 @@ def _frames(bag: str, width: int, height: int, n: int) -> tuple[list[Any], Any]:
     import cv2
 
     from ..bagio import read_messages
-    from ..geometry import Intrinsics
     from ..images import decode_rgb
+    from ..intrinsics import Intrinsics
     from ..ros.convert import camera_info_message, image_message
 
     images, K = [], None

@@ -61,27 +61,57 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_case(cfg: Any, w: int, h: int, batch_size: int, repeats: int, warmup: int, device: torch.device) -> dict:
-    """Time forward (networks + losses) and backward of one step; returns seconds (medians)."""
+def _prepare(cfg: Any, w: int, h: int, batch_size: int, device: torch.device) -> tuple[Any, Any, Any]:
     torch.manual_seed(0)
     model = DepthModel(cfg).to(device).train()
-    batch = _batch(model.layout.frames, batch_size, w, h, device)
-    fwd, bwd = [], []
+    return cfg, model, _batch(model.layout.frames, batch_size, w, h, device)
+
+
+def _time_step(case: tuple[Any, Any, Any], device: torch.device) -> tuple[float, float, float, float]:
+    """(networks forward, losses forward, backward, CPU seconds of the whole step) of one step."""
+    cfg, model, batch = case
+    model.zero_grad(set_to_none=True)
+    _sync(device)
+    c0, t0 = time.process_time(), time.perf_counter()
+    outputs = model(batch)
+    _sync(device)
+    t1 = time.perf_counter()
+    total, _ = compute_losses(batch, outputs, cfg)
+    _sync(device)
+    t2 = time.perf_counter()
+    total.backward()
+    _sync(device)
+    t3 = time.perf_counter()
+    return t1 - t0, t2 - t1, t3 - t2, time.process_time() - c0
+
+
+def bench_cases(
+    cases: dict[str, tuple[Any, Any, Any]], repeats: int, warmup: int, device: torch.device
+) -> dict[str, dict[str, float]]:
+    """Time every case, interleaved (A, B, A, B …) so that machine load affects all alike; medians."""
+    runs: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in cases}
     for i in range(warmup + repeats):
-        model.zero_grad(set_to_none=True)
-        _sync(device)
-        t0 = time.perf_counter()
-        total, _ = compute_losses(batch, model(batch), cfg)
-        _sync(device)
-        t1 = time.perf_counter()
-        total.backward()
-        _sync(device)
-        t2 = time.perf_counter()
-        if i >= warmup:
-            fwd.append(t1 - t0)
-            bwd.append(t2 - t1)
-    f, b = statistics.median(fwd), statistics.median(bwd)
-    return {"forward_s": f, "backward_s": b, "step_s": f + b}
+        for name, case in cases.items():
+            r = _time_step(case, device)
+            if i >= warmup:
+                runs[name].append(r)
+    out = {}
+    for name, rs in runs.items():
+        nets, losses, bwd, cpu = (statistics.median(col) for col in zip(*rs))
+        out[name] = {
+            "networks_s": nets,
+            "losses_s": losses,
+            "forward_s": nets + losses,
+            "backward_s": bwd,
+            "step_s": nets + losses + bwd,
+            "cpu_s": cpu,
+        }
+    return out
+
+
+def bench_case(cfg: Any, w: int, h: int, batch_size: int, repeats: int, warmup: int, device: torch.device) -> dict:
+    """Time forward (networks + losses) and backward of one step; returns seconds (medians)."""
+    return bench_cases({"case": _prepare(cfg, w, h, batch_size, device)}, repeats, warmup, device)["case"]
 
 
 def step_flops(cfg: Any, w: int, h: int, batch_size: int) -> int:
@@ -108,31 +138,37 @@ def run(args: argparse.Namespace) -> int:
         "device": str(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "timing": f"median of {args.repeats} steps after {args.warmup} warm-up; forward = networks + losses",
+        "timing": f"median of {args.repeats} interleaved steps after {args.warmup} warm-up; cpu = process CPU time",
         "configs": {},
     }
-    for name in args.configs:
-        cfg = load_config(name)
+    cfgs = {name: load_config(name) for name in args.configs}
+    for name, cfg in cfgs.items():
         model = DepthModel(cfg).eval()
-        entry: dict[str, Any] = {
+        report["configs"][name] = {
             "depth_params": count_parameters(model.depth),
             "pose_params": count_parameters(model.pose),
             "frames": list(model.layout.frames),
             "depth_frames": list(model.layout.depth_frames),
             "sizes": {},
         }
-        for w, h in sizes:
+    first = args.configs[0]
+    for w, h in sizes:
+        cases = {name: _prepare(cfg, w, h, args.batch, device) for name, cfg in cfgs.items()}
+        timed = bench_cases(cases, args.repeats, args.warmup, device)
+        for name, cfg in cfgs.items():
             case: dict[str, Any] = {}
             if not args.no_flops:
+                model = cases[name][1]
                 with torch.no_grad():
-                    x = torch.rand(1, 3, h, w)
+                    x = torch.rand(1, 3, h, w, device=device)
                     case["depth_gflops_per_image"] = count_flops(model.depth, x) / 1e9
-                    n = model.pose.num_frames
-                    case["pose_gflops_per_call"] = count_flops(model.pose, [x] * n) / 1e9
+                    case["pose_gflops_per_call"] = count_flops(model.pose, [x] * model.pose.num_frames) / 1e9
                 case["step_gflops"] = step_flops(cfg, w, h, args.batch) / 1e9
-            case.update(bench_case(cfg, w, h, args.batch, args.repeats, args.warmup, device))
-            entry["sizes"][f"{w}x{h}"] = case
-        report["configs"][name] = entry
+            case.update(timed[name])
+            case["step_ratio"] = timed[name]["step_s"] / timed[first]["step_s"]
+            case["cpu_ratio"] = timed[name]["cpu_s"] / timed[first]["cpu_s"]
+            report["configs"][name]["sizes"][f"{w}x{h}"] = case
+        del cases
 
     if args.json:
         print(json.dumps(report, indent=2))
@@ -140,16 +176,18 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"training step, batch {args.batch}, {report['device']}, {report['threads']} threads, torch {torch.__version__}"
     )
-    print(f"({report['timing']}; FLOPs: 2 per multiply-add, convs + matmuls)")
+    print(f"({report['timing']}; FLOPs: 2 per multiply-add, convs + matmuls; × = step time / {first}'s)")
     header = f"{'config':<12} {'size':>8} {'depth M':>8} {'pose M':>7} {'depth GF/img':>12} {'step GF':>8}"
-    print(header + f" {'fwd s':>7} {'bwd s':>7} {'step s':>7}")
+    print(header + f" {'nets s':>7} {'loss s':>7} {'bwd s':>7} {'step s':>7} {'×':>6} {'× cpu':>6}")
     for name, entry in report["configs"].items():
         for size, case in entry["sizes"].items():
             gf = case.get("depth_gflops_per_image", float("nan"))
             sgf = case.get("step_gflops", float("nan"))
             print(
                 f"{name:<12} {size:>8} {entry['depth_params'] / 1e6:>8.2f} {entry['pose_params'] / 1e6:>7.2f} "
-                f"{gf:>12.2f} {sgf:>8.1f} {case['forward_s']:>7.2f} {case['backward_s']:>7.2f} {case['step_s']:>7.2f}"
+                f"{gf:>12.2f} {sgf:>8.1f} {case['networks_s']:>7.2f} {case['losses_s']:>7.2f} "
+                f"{case['backward_s']:>7.2f} {case['step_s']:>7.2f} "
+                f"{case['step_ratio']:>6.2f} {case['cpu_ratio']:>6.2f}"
             )
     return 0
 

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from sensor_msgs.msg import CameraInfo, Image
 
-from ..geometry import Intrinsics
 from ..images import image_fields
+from ..intrinsics import Intrinsics
 
 __all__ = ["image_message", "camera_info_message"]
 

@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import DualDepthError
-from ..geometry import Intrinsics
 from ..images import COLOUR_ENCODINGS, ImageDecodeError, check_image_layout, is_compressed
+from ..intrinsics import Intrinsics
 from ..preprocess import PreprocessError
 from .params import OutputSettings, default_model_dir
 from .scale import ScaleEstimator, ScaleSettings

@@ -16,7 +16,7 @@ depth (model units) into published depth with one of three ``scale_mode`` values
 Road-plane fit (:func:`fit_road_plane`)
 ---------------------------------------
 Points: the rows of the lower ``region`` fraction of the image, back-projected with the
-intrinsics at the depth's resolution (:meth:`~dualdepth_ros.geometry.Intrinsics.backproject`),
+intrinsics at the depth's resolution (:meth:`~dualdepth_ros.intrinsics.Intrinsics.backproject`),
 keeping finite points below the camera centre (``Y > 0`` in the optical frame, y down), at most
 ``max_points`` of them (evenly spread; the random draws below use a fixed seed, so the fit is
 deterministic). RANSAC: ``iterations`` planes through three random points, kept only when
@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DualDepthError
-from ..geometry import Intrinsics
+from ..intrinsics import Intrinsics
 
 __all__ = [
     "SCALE_MODES",

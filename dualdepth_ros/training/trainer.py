@@ -15,6 +15,7 @@ continues exactly as if the run had not stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -43,6 +44,7 @@ from ..losses import SelfSupervisedLoss, clip_layout
 from ..networks import DepthModel, count_parameters
 from . import distributed
 from .checkpoint import atomic_save, load_checkpoint, make_checkpoint, rng_state, set_rng_state
+from .memory import MemoryPlan, plan_micro_batch
 from .runlog import RunLogger, colorize_inverse_depth
 
 __all__ = ["TrainSection", "Trainer", "to_model_batch", "train"]
@@ -64,6 +66,9 @@ class TrainSection:
     compile : ``torch.compile`` the model on CUDA.
     grad_clip : clip the global gradient norm (0 = off).
     lr_warmup_steps : linear learning-rate warm-up.
+    micro_batch : clips per forward/backward (0 = measured: the largest that fits in ``memory_fraction`` of
+        the memory available, see :mod:`.memory`); the configured batch is reached by gradient accumulation.
+    memory_fraction : share of the available host (CPU) or device (GPU) memory a step may use.
     snapshot_every : also keep the weights every N steps as ``snapshots/step_NNNNNN.pt`` (packed, no
         optimiser state) for learning curves on held-out data (0 = off).
     """
@@ -82,6 +87,8 @@ class TrainSection:
     grad_clip: float = 0.0
     lr_warmup_steps: int = 0
     snapshot_every: int = 0
+    micro_batch: int = 0
+    memory_fraction: float = 0.8
 
     @classmethod
     def coerce(cls, value: Any) -> TrainSection:
@@ -220,8 +227,12 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._seconds_before = 0.0  # training wall time of earlier (resumed-from) runs
         self._fit_t0: float | None = None
+        self.micro_batch = 0
+        self.memory_plan: MemoryPlan | None = None
         if resume:
             self._load(self.out / "last.pt")
+        if not self.micro_batch:  # a resumed run keeps its micro-batch (same arithmetic as without the stop)
+            self._choose_micro_batch()
         self.net: torch.nn.Module = self.model
         if self.dist.enabled:
             self.net = torch.nn.parallel.DistributedDataParallel(
@@ -233,6 +244,39 @@ class Trainer:
         self._saved_step = -1  # the step whose checkpoint is on disk (a resumed run's is written again)
 
     # -- setup helpers ---------------------------------------------------------------------
+    def _choose_micro_batch(self) -> None:
+        """``train.micro_batch``, or the largest that fits the memory available (measured trial steps)."""
+        bs = self.cfg.optim.batch_size
+        if self.tc.micro_batch > 0:
+            self.micro_batch = min(self.tc.micro_batch, bs)
+            return
+        self.memory_plan = plan_micro_batch(
+            self._trial_step,
+            bs,
+            self.device,
+            fraction=self.tc.memory_fraction,
+            what_to_lower="input.width/input.height (the model size) or model.encoder_width",
+        )
+        self.micro_batch = self.memory_plan.micro_batch
+
+    def _trial_step(self, n: int) -> None:
+        """Forward + losses + backward on ``n`` training clips, leaving no trace (weights, BN statistics, RNG)."""
+        buffers = {k: v.clone() for k, v in self.model.named_buffers()}
+        devices = [self.device.index or 0] if self.cuda else []
+        with torch.random.fork_rng(devices=devices):
+            items = torch.utils.data.default_collate([self.train_set[i % len(self.train_set)] for i in range(n)])
+            batch = to_model_batch(items, self.device, self.cuda and self.tc.channels_last)
+            self.model.train()
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                outputs = self.model(batch)
+                total, _ = self.loss_fn(batch, outputs)
+            total.backward()
+            del batch, outputs, total
+        self.model.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for k, v in self.model.named_buffers():
+                v.copy_(buffers[k])
+
     def _check_ground_truth_sources(self, stores: list[Any]) -> None:
         """``pose.source: topic`` / ``model.depth_source: ground_truth`` need those topics in every bag."""
         needs = []
@@ -306,6 +350,7 @@ class Trainer:
             history=self.history,
             train_seconds=self.train_seconds,
             world_size=self.dist.world_size,
+            micro_batch=self.micro_batch,
         )
 
     def save(self, name: str = "last.pt") -> Path | None:
@@ -346,6 +391,7 @@ class Trainer:
         self.metrics = dict(ckpt.get("metrics", {}))
         self.history = list(ckpt.get("history", []))
         self._seconds_before = float(ckpt.get("train_seconds", 0.0))
+        self.micro_batch = int(ckpt.get("micro_batch", 0))
         set_rng_state(ckpt["rng"])
 
     @property
@@ -355,14 +401,49 @@ class Trainer:
         return self._seconds_before + running
 
     # -- one step --------------------------------------------------------------------------
-    def train_step(self, items: Mapping[Any, Any]) -> dict[str, float]:
+    def _forward(self, items: Mapping[Any, Any]) -> tuple[dict[Any, Any], dict[Any, Any], torch.Tensor, dict]:
         batch = to_model_batch(items, self.device, self.cuda and self.tc.channels_last)
-        self.net.train()
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             outputs = self.net(batch)
             total, terms = self.loss_fn(batch, outputs)
+        return batch, outputs, total, terms
+
+    def train_step(self, items: Mapping[Any, Any]) -> dict[str, float]:
+        """One optimiser step on one batch, in micro-batches of :attr:`micro_batch` clips if it is smaller.
+
+        With micro-batches the gradient is exactly the full batch's: each micro-batch's loss (a mean
+        over its kept samples) is back-propagated times its kept count, and the accumulated gradient
+        is divided by the batch's kept count. Only BatchNorm sees the smaller batches.
+        """
+        self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
+        n = int(items[("color", 0)].shape[0])
+        chunks = -(-n // self.micro_batch) if self.micro_batch else 1
+        if chunks <= 1:
+            batch, outputs, total, terms = self._forward(items)
+            self.scaler.scale(total).backward()
+            logged = {"total": float(total.detach())}
+            logged.update({k: float(v.detach().float().mean()) for k, v in terms.items()})
+        else:
+            sums: dict[str, float] = {}
+            kept_total = 0.0
+            for i, idx in enumerate(torch.arange(n).tensor_split(chunks)):
+                part = {k: (v[idx] if isinstance(v, torch.Tensor) and v.dim() > 0 else v) for k, v in items.items()}
+                sync = contextlib.nullcontext() if (i == chunks - 1 or not self.dist.enabled) else self.net.no_sync()
+                with sync:
+                    batch, outputs, total, terms = self._forward(part)
+                    kept = float(terms["gate_kept"]) * len(idx)
+                    self.scaler.scale(total * kept).backward()
+                kept_total += kept
+                for k, v in terms.items():
+                    w = len(idx) if k in ("gate_kept", "first_difference") else kept
+                    sums[k] = sums.get(k, 0.0) + float(v.detach().float().mean()) * w
+                sums["total"] = sums.get("total", 0.0) + float(total.detach()) * kept
+            denom = max(kept_total, 1.0)
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    p.grad.div_(denom)
+            logged = {k: v / (n if k in ("gate_kept", "first_difference") else denom) for k, v in sums.items()}
         if self.tc.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
@@ -370,8 +451,6 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self._last = (batch, outputs)
-        logged = {"total": float(total.detach())}
-        logged.update({k: float(v.detach().float().mean()) for k, v in terms.items()})
         return logged
 
     # -- validation ------------------------------------------------------------------------
@@ -449,6 +528,10 @@ class Trainer:
             + (f" × {self.dist.world_size} processes" if self.dist.enabled else "")
             + (f", resuming at step {self.step}" if self.step else "")
         )
+        if self.memory_plan is not None:
+            log.write(self.memory_plan.describe())
+        elif self.micro_batch < self.cfg.optim.batch_size:
+            log.write(f"memory: micro-batch {self.micro_batch} (batch {self.cfg.optim.batch_size} by accumulation)")
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
         def request_stop(signum: int, frame: Any) -> None:

@@ -1,0 +1,33 @@
+"""Inference: the exported model (ONNX + ``model.json``) and the backends that run it.
+
+Data flow::
+
+    checkpoint (.pt) ──dualdepth export──► DIR/model.onnx   (image → depth, confidence [+ per branch])
+                                           DIR/model.json   (ModelMetadata: input size, resize mode, …)
+                                           DIR/weights.pt   (depth net weights for the torch backend)
+    DIR ──open_backend(DIR, "auto")──► Backend.infer(N×3×H×W float32) → InferenceResult
+
+Modules: :mod:`.metadata` (``model.json``, ``metadata_props``), :mod:`.backend` (the interface,
+:class:`ModelError`, input checks), :mod:`.selection` (``open_backend``, the ``auto`` rule),
+:mod:`.onnxruntime_backend`, :mod:`.torch_backend`, :mod:`.weights` (``weights.pt``),
+:mod:`.export` and :mod:`.cli` (``dualdepth export``).
+
+Importing this package imports neither torch nor rosbags (nor onnxruntime): the runtime path
+(metadata, preprocessing, ONNX Runtime) works on a machine without them. torch is imported only
+by the torch backend and the exporter.
+"""
+
+from .backend import BACKEND_NAMES, Backend, BackendUnavailableError, InferenceResult, ModelError
+from .metadata import ModelMetadata, load_metadata
+from .selection import open_backend
+
+__all__ = [
+    "BACKEND_NAMES",
+    "Backend",
+    "BackendUnavailableError",
+    "InferenceResult",
+    "ModelError",
+    "ModelMetadata",
+    "load_metadata",
+    "open_backend",
+]
