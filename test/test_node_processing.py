@@ -162,3 +162,53 @@ def test_corrupt_compressed_payload_is_a_preprocess_error() -> None:
     msg.data = msg.data[: len(msg.data) // 3]
     with pytest.raises(PreprocessError, match="cannot decode"):
         processor().process(msg, info())
+
+
+NODE_TORCH_FREE = r"""
+import importlib.abc, sys
+
+class Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "rosbags"):
+            raise ImportError(f"{name} is blocked in this test")
+        return None
+
+sys.meta_path.insert(0, Blocked())
+from types import SimpleNamespace
+
+import numpy as np
+
+import dualdepth_ros.ros.node  # the live node's module and everything it imports
+from dualdepth_ros.images import image_fields
+from dualdepth_ros.inference import open_backend
+from dualdepth_ros.ros.params import DEFAULTS, output_settings, scale_settings
+from dualdepth_ros.ros.processing import FrameProcessor
+
+header = SimpleNamespace(stamp=SimpleNamespace(sec=1, nanosec=0), frame_id="cam")
+rgb = np.random.default_rng(0).integers(0, 255, (96, 320, 3), dtype=np.uint8)
+image = SimpleNamespace(header=header, **image_fields(rgb, "rgb8"))
+info = SimpleNamespace(
+    header=header, width=320, height=96, distortion_model="plumb_bob", d=[0.0] * 5,
+    k=[160.0, 0.0, 159.5, 0.0, 160.0, 47.5, 0.0, 0.0, 1.0], r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+    p=[160.0, 0.0, 159.5, 0.0, 0.0, 160.0, 47.5, 0.0, 0.0, 0.0, 1.0, 0.0], binning_x=0, binning_y=0,
+    roi=SimpleNamespace(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
+)
+backend = open_backend(sys.argv[1], "onnxruntime", threads=1)
+p = FrameProcessor(backend, output_settings(DEFAULTS), scale_settings({**DEFAULTS, "scale_mode": "none"}))
+out = p.process(image, info)
+p.update_scale(out)
+assert out.depth.shape == (48, 160)
+print("torch" in sys.modules, any(m.split(".")[0] == "rosbags" for m in sys.modules))
+"""
+
+
+def test_the_node_runtime_path_imports_neither_torch_nor_rosbags(repo_root) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(repo_root), OMP_NUM_THREADS="1")
+    model = str(repo_root / "models" / "dualdepth_default")
+    proc = subprocess.run([sys.executable, "-c", NODE_TORCH_FREE, model], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["False", "False"]
