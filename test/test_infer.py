@@ -27,6 +27,14 @@ def _infer(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+def _infer_here(capsys, *args: str) -> tuple[int, str]:
+    """The same command in this process (no interpreter start-up): exit status and stderr."""
+    from dualdepth_ros.cli import main
+
+    code = main(["infer", *args])
+    return code, capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def inferred(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("infer") / "out"
@@ -93,21 +101,22 @@ def test_depths_equal_the_node_processing_and_accuracy_is_reported(inferred) -> 
         backend.close()
 
 
-def test_non_empty_out_is_refused_without_overwrite(inferred, tmp_path: Path) -> None:
+def test_non_empty_out_is_refused_without_overwrite(inferred, tmp_path: Path, capsys) -> None:
     out, _ = inferred
     before = sorted(p.name for p in out.iterdir())
-    proc = _infer("--model", str(DEFAULT_MODEL), "--bag", str(SAMPLE_BAG), "--out", str(out), "--max-frames", "3")
-    assert proc.returncode == 2
-    assert "is not empty (use --overwrite" in proc.stderr and "Traceback" not in proc.stderr
+    code, err = _infer_here(capsys, "--bag", str(SAMPLE_BAG), "--out", str(out), "--max-frames", "3")
+    assert code == 2
+    assert "is not empty (use --overwrite" in err and "Traceback" not in err
     assert sorted(p.name for p in out.iterdir()) == before
     other = tmp_path / "notabag"
     other.mkdir()
     (other / "thesis.tex").write_text("precious")
-    proc = _infer("--bag", str(SAMPLE_BAG), "--out", str(other), "--overwrite", "--max-frames", "3")
-    assert proc.returncode == 2 and "does not look like a rosbag2" in proc.stderr
+    code, err = _infer_here(capsys, "--bag", str(SAMPLE_BAG), "--out", str(other), "--overwrite", "--max-frames", "3")
+    assert code == 2 and "does not look like a rosbag2" in err
     assert (other / "thesis.tex").read_text() == "precious"
-    proc = _infer("--bag", str(SAMPLE_BAG), "--out", str(out), "--overwrite", "--max-frames", "3", "--no-progress")
-    assert proc.returncode == 0, proc.stderr
+    args = ["--bag", str(SAMPLE_BAG), "--out", str(out), "--overwrite", "--max-frames", "3", "--no-progress"]
+    code, err = _infer_here(capsys, *args, "--threads", "1")
+    assert code == 0, err
     counts = collections.Counter(m.topic for m in read_messages(out))
     assert counts["/depth/image"] == counts["/camera/image_raw"] == counts["/gt/depth"] == 3  # the bag is cut there
 
@@ -131,12 +140,14 @@ def test_output_is_atomic_when_inference_fails(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # no bag, no partial folder
 
 
-def test_bad_arguments_are_one_line_errors(tmp_path: Path) -> None:
-    proc = _infer("--bag", str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
-    assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
-    proc = _infer("--bag", str(SAMPLE_BAG), "--out", str(tmp_path / "o"), "--image-topic", "/nope")
-    assert proc.returncode == 2 and "no topic '/nope'" in proc.stderr
-    proc = _infer("--bag", str(SAMPLE_BAG), "--out", str(tmp_path / "o"), "--confidence-threshold", "3")
-    assert proc.returncode == 2 and "confidence_threshold must be at most 1.0" in proc.stderr
-    proc = _infer("--bag", str(SAMPLE_BAG), "--out", str(tmp_path / "o"), "--model", str(tmp_path / "nomodel"))
-    assert proc.returncode == 2 and "does not exist" in proc.stderr
+def test_bad_arguments_are_one_line_errors(tmp_path: Path, capsys) -> None:
+    out = str(tmp_path / "o")
+    code, err = _infer_here(capsys, "--bag", str(tmp_path / "missing"), "--out", out)
+    assert code == 2 and "does not exist" in err
+    code, err = _infer_here(capsys, "--bag", str(SAMPLE_BAG), "--out", out, "--image-topic", "/nope")
+    assert code == 2 and "no topic '/nope'" in err
+    code, err = _infer_here(capsys, "--bag", str(SAMPLE_BAG), "--out", out, "--confidence-threshold", "3")
+    assert code == 2 and "confidence_threshold must be at most 1.0" in err
+    code, err = _infer_here(capsys, "--bag", str(SAMPLE_BAG), "--out", out, "--model", str(tmp_path / "nomodel"))
+    assert code == 2 and "does not exist" in err
+    assert not (tmp_path / "o").exists()
