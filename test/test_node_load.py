@@ -77,11 +77,12 @@ def test_100hz_for_10s() -> None:
             assert last.mean() < first.mean() + 0.2
             assert growth < 40
             values = {kv.key: kv.value for kv in client.diag[-1].values}
-            received, published, dropped = (
-                int(values[key]) for key in ("frames received", "frames published", "frames dropped")
-            )
-            assert received >= k  # + the warm-up frame
-            assert received - published - dropped in (0, 1, 2)
+            keys = ("frames received", "frames published", "frames dropped", "frames without scale")
+            received, published, dropped, unscaled = (int(values[key]) for key in keys)
+            assert received >= 0.95 * k  # best effort: a loaded box may lose a few in DDS
+            assert int(values["frames refused (bad input)"]) == 0
+            # every frame was published, dropped for a newer one, or (first frames) waited for the scale
+            assert received - published - dropped - unscaled in (0, 1)
             assert [stamp_ns(client.outputs[s]["depth"].header) for s in stamps] == stamps
     finally:
         rclpy.shutdown()
