@@ -351,6 +351,12 @@ def format_summary(s: dict[str, Any], args: argparse.Namespace) -> str:
 
         lines.append(f"\naccuracy of the published depth against {args.gt_depth_topic} (valid pixels):")
         lines.append(format_depth_table(acc))
+        ratio = (acc.get("scale_ratio") or {}).get("median")
+        if ratio and s["scale_mode"] != "none":
+            lines.append(
+                f"ground truth / published depth, median over frames: {ratio:.3g} (1 = the published metres are "
+                "right; the camera-height scale is only as good as the model's road geometry)"
+            )
     lines.append(
         f"\nwrote {s['out']}/bag (ros2 bag play), {s['out']}/mosaic.png, {s['out']}/summary.json, {s['out']}/node.log"
     )
