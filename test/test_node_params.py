@@ -92,3 +92,18 @@ def test_rviz_config_shows_camera_depth_confidence_and_a_depth_cloud(repo_root: 
     assert cloud["Enabled"] is True
     assert cfg["Visualization Manager"]["Global Options"]["Fixed Frame"] == "camera_optical_frame"
     assert cfg["Visualization Manager"]["Views"]["Current"]["Class"].startswith("rviz_default_plugins/")
+
+
+def test_depth_node_is_installed_with_its_launch_file_config_and_model(repo_root: Path) -> None:
+    """`make build` (colcon) installs what `ros2 run/launch dualdepth_ros …` need."""
+    setup = (repo_root / "setup.py").read_text()
+    assert '"depth_node = dualdepth_ros.ros.node:main"' in setup
+    install = repo_root / "install" / "dualdepth_ros"
+    if not install.exists():
+        pytest.skip("install/ is missing: run `make build` (part of `make test`)")
+    assert (install / "lib" / "dualdepth_ros" / "depth_node").stat().st_mode & 0o111
+    share = install / "share" / "dualdepth_ros"
+    for rel in ("launch/depth.launch.py", "config/depth.yaml", "config/depth.rviz"):
+        assert (share / rel).read_bytes() == (repo_root / rel).read_bytes(), f"{rel} is stale: run `make build`"
+    for name in ("model.onnx", "model.json"):
+        assert (share / "models" / "dualdepth_default" / name).exists(), name
