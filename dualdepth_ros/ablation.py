@@ -200,7 +200,12 @@ def run(args: argparse.Namespace) -> int:
         ckpt = load_checkpoint(last) if last.exists() else {}
         if not ckpt or ckpt.get("step") != ckpt.get("total_steps"):
             print(f"[{slug}] training: {label}", flush=True)
-            train(args.bag, run_dir, configs, list(args.set), resume=last.exists(), progress=not args.no_progress)
+            summary = train(
+                args.bag, run_dir, configs, list(args.set), resume=last.exists(), progress=not args.no_progress
+            )
+            if summary["step"] < summary["total_steps"]:  # stopped by Ctrl-C / SIGTERM: stop the study too
+                print(f"[{slug}] stopped at step {summary['step']}; run the same command again to resume", flush=True)
+                return 130
             ckpt = load_checkpoint(last)
         loaded = model_from_checkpoint(ckpt)
         frames = heldout_frames(loaded)

@@ -117,6 +117,7 @@ class ModelConfig:
     disp_scale: float = 10.0
     disp_offset: float = 0.01
     depth_source: Literal["network", "ground_truth"] = "network"
+    reference_gradients: bool = True
 
 
 @dataclasses.dataclass
@@ -127,6 +128,7 @@ class PoseConfig:
     encoder_width: int = 64
     output_scale: float = 0.01
     camera_in_body: list[float] | None = None
+    topic_scale: float = 0.0333
 
 
 @dataclasses.dataclass

@@ -426,16 +426,15 @@ class DepthModel(nn.Module):
         bsz = self._image(batch, layout.target).shape[0]
         if self.cfg.model.depth_source == "ground_truth":
             outputs.update(self._gt_depth(batch, frames))
-        else:
+        elif self.cfg.model.reference_gradients or frames == [layout.target] or not torch.is_grad_enabled():
             # Depth: all frames through the net in one batch (BatchNorm sees them together, as in training).
-            images = [self._image(batch, f) for f in frames]
-            depth_out = self.depth(torch.cat(images, dim=0))
-            for key, value in depth_out.items():
-                for i, f in enumerate(frames):
-                    if key == ("features",):
-                        outputs[("features", f)] = [v[i * bsz : (i + 1) * bsz] for v in value]
-                    else:
-                        outputs[(key[0], f, *key[1:])] = value[i * bsz : (i + 1) * bsz]
+            outputs.update(self._depth_of(batch, frames, bsz))
+        else:
+            # The sources' depth is used (warps, masks, consistency) but not trained through this clip: no
+            # activations kept for them (every frame is trained as the target of its own clip).
+            outputs.update(self._depth_of(batch, [layout.target], bsz))
+            with torch.no_grad():
+                outputs.update(self._depth_of(batch, [f for f in frames if f != layout.target], bsz))
         # Pose: the networks may run in reduced precision, the composition of motions does not.
         if self.cfg.pose.source == "topic":
             with torch.autocast(device_type=self._image(batch, layout.target).device.type, enabled=False):
@@ -443,6 +442,18 @@ class DepthModel(nn.Module):
         else:
             outputs.update(self._network_poses(batch, bsz))
         return outputs
+
+    def _depth_of(self, batch: Mapping[Any, torch.Tensor], frames: list[int], bsz: int) -> dict[Any, Any]:
+        """The depth net on ``frames`` in one batch, outputs keyed by frame (module docstring)."""
+        out: dict[Any, Any] = {}
+        depth_out = self.depth(torch.cat([self._image(batch, f) for f in frames], dim=0))
+        for key, value in depth_out.items():
+            for i, f in enumerate(frames):
+                if key == ("features",):
+                    out[("features", f)] = [v[i * bsz : (i + 1) * bsz] for v in value]
+                else:
+                    out[(key[0], f, *key[1:])] = value[i * bsz : (i + 1) * bsz]
+        return out
 
     def _network_poses(self, batch: Mapping[Any, torch.Tensor], bsz: int) -> dict[Any, torch.Tensor]:
         """``("T", a, b)`` and ``("pose_vec", a, b)`` from the PoseNet (pose composition in float32)."""
@@ -483,7 +494,10 @@ class DepthModel(nn.Module):
         The batch holds ``("gt_pose", o)`` = ``T_{0→o}`` of the recorded frame (the camera's, or the
         body's when ``pose.camera_in_body`` is set), already mirrored for flipped clips. With the camera
         at ``X = T_camera_to_body``, the camera's motion is ``X⁻¹ T X``; a flipped clip sees the camera
-        mirrored too (``F X F``), so its motion is conjugated by that.
+        mirrored too (``F X F``), so its motion is conjugated by that. Translations are multiplied by
+        ``pose.topic_scale`` (model units per metre): the network's depth ``1/(10σ + 0.01)`` learns
+        fastest in its mid range, so metres are mapped there (1/30 ≈ monodepth2's self-found scale);
+        metric depth is the output divided by ``topic_scale``.
         """
         missing = [o for o in self.layout.frames if ("gt_pose", o) not in batch]
         if missing:
@@ -502,6 +516,8 @@ class DepthModel(nn.Module):
         for a, b in self.layout.pose_pairs:
             T_body = torch.bmm(T0[b], invert_pose(T0[a]))  # T_{a→b} = T_{0→b} · T_{0→a}⁻¹
             T = torch.bmm(Xi, torch.bmm(T_body, X))
+            T = T.clone()
+            T[:, :3, 3] *= self.cfg.pose.topic_scale
             out[("T", a, b)] = T
             out[("T", b, a)] = invert_pose(T)
         return out

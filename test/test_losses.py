@@ -580,3 +580,47 @@ def _to_bf16(v):
     if isinstance(v, list):
         return [_to_bf16(x) for x in v]
     return v.to(torch.bfloat16) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+
+
+# ---------------------------------------------------------------------------------------
+# What protects training from collapse: auto-masking of the lead car and of a standing camera
+# ---------------------------------------------------------------------------------------
+def _automask_of(cfg, batch: dict, out: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The photometric term's auto-mask and validity on the target grid (scale 0)."""
+    from dualdepth_ros.losses import LossContext, automask
+
+    ctx = LossContext(batch, out, cfg)
+    views = ctx.views(0)
+    err, valid, _ = select_reprojection([views[(0, r)].error for r in (-1, 1)], [views[(0, r)].valid for r in (-1, 1)])
+    return automask(err, ctx.identity(0, (-1, 1))), valid
+
+
+def test_automask_hides_the_lead_car_and_a_standing_camera_from_the_photometric_loss() -> None:
+    """Auto-masking removes the two cases that teach self-supervised depth "infinitely far" (monodepth2 §3.3).
+
+    * a lead car at exactly the ego speed stays still in the image, so infinite depth reproduces it;
+    * a standing camera (the synthetic car stops for 4 s) reproduces every pixel with any depth.
+    In both the unwarped neighbour already matches better than any warp.
+    """
+    ones = load_config(
+        overrides=["loss.two_branch.enabled=false", "model.num_branches=1", "model.predict_confidence=false"]
+    )
+    batch, gt = synth_clip(offsets=(-1, 0, 1), t0=3.0)
+    out = _gt_outputs(ones, batch, gt)
+    mask, valid = _automask_of(ones, batch, out)
+    lead = torch.from_numpy(gt["moving"][0])[None, None]  # at t = 3 s the only moving object is the lead car
+    assert 100 < int(lead.sum()) < 400
+    static = (valid > 0) & ~lead & ~torch.from_numpy(gt["sky"][0])[None, None]
+    assert float(mask[lead].mean()) < 0.1, "the lead car must be masked out"
+    assert float(mask[static].mean()) > 0.6, "static scenery must stay in the loss"
+    # a standing camera: the same clip taken during the 4 s stop
+    from dualdepth_ros.synth import SynthConfig, World, render_frame
+
+    world = World.from_seed(3, SynthConfig(width=208, height=64, supersample=1, stops=((3.0, 4.0),)))
+    still = {}
+    for f in (-1, 0, 1):
+        fr = render_frame(world, 4.5 + f / world.config.fps)
+        still[("color", f, 0)] = to_t(fr.rgb.astype(np.float64) / 255.0)
+    still[("K", 0)] = batch[("K", 0)]
+    mask_still, valid_still = _automask_of(ones, still, out)  # any depth, the moving clip's motion
+    assert float(mask_still[valid_still > 0].mean()) < 0.05

@@ -233,3 +233,94 @@ def test_memory_plan_picks_the_largest_micro_batch_that_fits_and_refuses_one_tha
     assert "micro-batch" in plan.describe() and "GiB per clip" in plan.describe()
     with pytest.raises(DualDepthError, match="one training clip needs about .* lower input.width"):
         plan_micro_batch(trial, 12, torch.device("cpu"), fraction=1.0, available=0.1 * GiB)
+
+
+# ---------------------------------------------------------------------------------------
+# Ground-truth sources: training from a pose topic (odometry) and the learning ladder's GT depth
+# ---------------------------------------------------------------------------------------
+def _rot_z(deg: float) -> torch.Tensor:
+    import math
+
+    c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
+    return torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def test_pose_topic_motion_is_the_cameras_in_model_units_with_extrinsics_and_flips() -> None:
+    from dualdepth_ros.data.augment import flip_pose
+    from dualdepth_ros.geometry import invert_pose
+    from dualdepth_ros.networks import DepthModel
+
+    # camera 1.2 m forward, 0.5 m up of a body frame, looking along the body's x (optical z = body x)
+    R_cb = torch.tensor([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])  # optical axes in body axes
+    X = torch.eye(4)
+    X[:3, :3], X[:3, 3] = R_cb, torch.tensor([1.2, 0.0, 0.5])
+    # quaternion of R_cb ([x, y, z, w]), via the bagio helper
+    from dualdepth_ros.bagio import rotation_to_quaternion
+
+    q = rotation_to_quaternion(R_cb.numpy().astype("float64"))
+    cfg = load_config(
+        DEFAULT_CONFIG,
+        overrides=TINY + ["pose.source=topic", f"pose.camera_in_body=[1.2, 0.0, 0.5, {q[0]}, {q[1]}, {q[2]}, {q[3]}]"],
+    )
+    model = DepthModel(cfg).eval()
+    # body poses in the world: driving along x, turning 3° per frame
+    P = {}
+    for o in model.layout.frames:
+        T = torch.eye(4)
+        T[:3, :3], T[:3, 3] = _rot_z(3.0 * o), torch.tensor([2.0 * o, 0.1 * o, 0.0])
+        P[o] = T
+    batch = {("color", o, 0): torch.rand(2, 3, 32, 96) for o in model.layout.frames}
+    batch[("K", 0)] = torch.eye(3).expand(2, 3, 3)
+    for o in model.layout.frames:  # what the dataset gives: T_{0→o} = P_o⁻¹ P_0, mirrored for flipped clips
+        rel = invert_pose(P[o][None]) @ P[0][None]
+        batch[("gt_pose", o)] = torch.cat([rel, flip_pose(rel)])
+    batch["flipped"] = torch.tensor([False, True])
+    with torch.no_grad():
+        out = model(batch)
+    for a, b in model.layout.pose_pairs:
+        cam_a, cam_b = P[a] @ X, P[b] @ X  # camera poses in the world
+        expected = invert_pose(cam_b[None]) @ cam_a[None]
+        expected[:, :3, 3] *= cfg.pose.topic_scale
+        torch.testing.assert_close(out[("T", a, b)][0:1], expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out[("T", a, b)][1:2], flip_pose(expected), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out[("T", b, a)], invert_pose(out[("T", a, b)]), atol=1e-5, rtol=1e-5)
+
+
+def test_training_from_the_pose_topic_runs_and_needs_the_topic(sample_bag: Path, tmp_path: Path) -> None:
+    from dualdepth_ros.data import DataConfig
+
+    cfg = tiny_cfg("train.max_steps=2", "pose.source=topic")
+    with pytest.raises(DualDepthError, match="pose.source: topic needs that topic in every bag"):
+        Trainer(cfg, [str(sample_bag)], tmp_path / "no_topic", progress=False)
+    data = DataConfig(gt_pose_topic="/gt/pose")
+    trainer = Trainer(cfg, [str(sample_bag)], tmp_path / "topic", data_cfg=data, progress=False)
+    before = params(trainer.model.pose)
+    summary = trainer.fit()
+    assert summary["step"] == 2
+    after = params(trainer.model.pose)
+    assert all(torch.equal(before[k], after[k]) for k in before), "the PoseNet is not used, so it must not change"
+
+
+def test_ground_truth_depth_outputs_follow_the_bag(sample_bag: Path) -> None:
+    from dualdepth_ros.data import ClipDataset, DataConfig, load_stores
+    from dualdepth_ros.networks import DepthModel
+
+    cfg = load_config(
+        "monodepth2",
+        overrides=["input.width=96", "input.height=32", "model.depth_source=ground_truth", "pose.output_scale=1.0"],
+    )
+    data = DataConfig(gt_depth_topic="/gt/depth", frame_offsets=[-1, 0, 1], cache_dir=None)
+    (store,) = load_stores([sample_bag], data, 96, 32)
+    items = torch.utils.data.default_collate([ClipDataset([store], data, "all", augment=False, gt_all_frames=True)[5]])
+    batch = {("color", o, 0): items[("color", o)] for o in (-1, 0, 1)}
+    batch.update({("gt_depth", o): items[("gt_depth", o)] for o in (-1, 0, 1)})
+    model = DepthModel(cfg).eval()
+    with torch.no_grad():
+        out = model(batch)
+    gt = items[("gt_depth", 0)]
+    valid = gt > 0
+    assert bool((~valid).any()), "the sample has sky (no GT): it must become the far limit"
+    far = 1 / cfg.model.disp_offset  # the network's range ends there, so does the GT that replaces it
+    torch.testing.assert_close(out[("depth_fused", 0, 0)][valid], gt[valid].clamp(max=far))
+    assert float(out[("depth_fused", 0, 0)][~valid].min()) == pytest.approx(1 / cfg.model.disp_offset)
+    assert out[("depth_fused", 0, 1)].shape[-2:] == (16, 48)

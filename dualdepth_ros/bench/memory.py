@@ -1,9 +1,11 @@
-"""``dualdepth bench memory``: peak host memory of one training step, per configuration.
+"""``dualdepth bench memory``: peak host memory of one training step, per configuration and per clip.
 
-Each case runs in a fresh subprocess (peak RSS is a per-process high-water mark): build the
-model, run forward + losses + backward on random clips once, report the peak resident set size.
-Used to measure what ``loss.photometric.checkpoint`` (recompute the photometric maps in backward)
-saves. On CUDA use ``dualdepth bench train --device cuda``, which reports peak GPU memory.
+Each measurement runs in a fresh subprocess (peak RSS is a per-process high-water mark): build the
+model, run forward + losses + backward on random clips once, report the peak resident set size
+above what the process held before the step. Each configuration is measured at batch 1 and batch
+2; the difference is the memory **per clip** (what the trainer's micro-batching scales with), the
+rest is the fixed cost. On CUDA the trainer's own measurement (:mod:`dualdepth_ros.training.memory`)
+reports the allocator's peak instead.
 """
 
 from __future__ import annotations
@@ -13,18 +15,22 @@ import json
 import subprocess
 import sys
 
+#: label → (config files/names, overrides).
 CASES = {
-    "two-branch, checkpoint on": ["loss.photometric.checkpoint=true"],
-    "two-branch, checkpoint off": ["loss.photometric.checkpoint=false"],
+    "monodepth2 baseline": (["monodepth2"], []),
+    "full method": (["train"], []),
+    "full method, photometric checkpoint off": (["train"], ["loss.photometric.checkpoint=false"]),
 }
 
 _CHILD = r"""
 import json, resource, sys, torch
-from dualdepth_ros.config import DEFAULT_CONFIG, load_config
+from dualdepth_ros.config import load_config
 from dualdepth_ros.losses import SelfSupervisedLoss, clip_layout
 from dualdepth_ros.networks import DepthModel
-w, h, b = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-cfg = load_config(DEFAULT_CONFIG, overrides=[f"input.width={w}", f"input.height={h}"] + sys.argv[4:])
+w, h, b, n_cfg = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+configs, overrides = sys.argv[5:5 + n_cfg], sys.argv[5 + n_cfg:]
+torch.set_num_threads(1)
+cfg = load_config(*configs, overrides=[f"input.width={w}", f"input.height={h}"] + overrides)
 model, loss_fn, layout = DepthModel(cfg), SelfSupervisedLoss(cfg), clip_layout(cfg)
 g = torch.Generator().manual_seed(0)
 batch = {("color", f, 0): torch.rand(b, 3, h, w, generator=g) for f in layout.frames}
@@ -38,29 +44,51 @@ print(json.dumps({"before_gib": before / 2**20, "peak_gib": peak / 2**20}))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", default="320x96", metavar="WxH")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--size", default="640x192", metavar="WxH")
     p.add_argument("--json", action="store_true")
+
+
+def _measure(w: int, h: int, batch: int, configs: list[str], overrides: list[str]) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(w), str(h), str(batch), str(len(configs)), *configs, *overrides],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def run(args: argparse.Namespace) -> int:
     w, h = (int(v) for v in args.size.lower().split("x"))
     results = []
-    for name, overrides in CASES.items():
-        out = subprocess.run(
-            [sys.executable, "-c", _CHILD, str(w), str(h), str(args.batch_size), *overrides],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        r = {"case": name, "size": f"{w}x{h}", "batch": args.batch_size, **json.loads(out.strip().splitlines()[-1])}
-        results.append(r)
-        if not args.json:
-            print(
-                f"{name:>28} {r['size']} batch {r['batch']}: peak RSS {r['peak_gib']:.2f} GiB "
-                f"(model and data {r['before_gib']:.2f} GiB)",
-                flush=True,
-            )
+    for name, (configs, overrides) in CASES.items():
+        one = _measure(w, h, 1, configs, overrides)
+        two = _measure(w, h, 2, configs, overrides)
+        step1 = one["peak_gib"] - one["before_gib"]
+        step2 = two["peak_gib"] - two["before_gib"]
+        per_clip = step2 - step1
+        results.append(
+            {
+                "case": name,
+                "size": f"{w}x{h}",
+                "per_clip_gib": per_clip,
+                "fixed_gib": step1 - per_clip,
+                "step_gib_batch1": step1,
+                "step_gib_batch2": step2,
+                "model_gib": one["before_gib"],
+            }
+        )
+    base = results[0]["per_clip_gib"]
+    for r in results:
+        r["per_clip_ratio"] = r["per_clip_gib"] / base if base > 0 else float("nan")
     if args.json:
         print(json.dumps({"results": results}, indent=2))
+        return 0
+    print(f"peak host memory of one training step above the loaded model, {w}x{h}, 1 thread")
+    for r in results:
+        print(
+            f"{r['case']:>42}: {r['per_clip_gib']:.3f} GiB per clip ({r['per_clip_ratio']:.2f}× the baseline), "
+            f"{r['fixed_gib']:.3f} GiB fixed "
+            f"(batch 1: {r['step_gib_batch1']:.2f} GiB, batch 2: {r['step_gib_batch2']:.2f})"
+        )
     return 0

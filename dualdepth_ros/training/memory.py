@@ -92,6 +92,19 @@ def available_memory(device: torch.device) -> float:
     return min(avail, limit) if limit is not None else avail
 
 
+def _release_free_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc ``malloc_trim``), so that the resident set
+    afterwards is what is live and a step's growth is what it allocates (not hidden by freed memory that
+    the allocator kept). A no-op where glibc is absent.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _rss() -> float:
     with open("/proc/self/statm") as fh:
         return float(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -113,6 +126,7 @@ class PeakMemory:
             self._base = float(torch.cuda.memory_allocated(self.device))
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
+            _release_free_heap()
             self._base = _rss()
             self._max = self._base
             self._thread = threading.Thread(target=self._sample, daemon=True)
