@@ -29,6 +29,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,9 @@ class _NodeUnderTest:
         cmd += ["--ros-args", "-r", f"__ns:={ns}"] + [a for k, v in params.items() for a in ("-p", f"{k}:={v}")]
         self.args = args
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.log: list[str] = []
+        self._reader = threading.Thread(target=self._drain, daemon=True)  # a full pipe would block the node
+        self._reader.start()
         self.node = rclpy.create_node(f"bench_node_client_{os.getpid()}")
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
@@ -173,13 +177,21 @@ class _NodeUnderTest:
             and self.node.count_publishers(f"{ns}/depth/image")
         ):
             if self.proc.poll() is not None:
-                out = self.proc.stdout.read() if self.proc.stdout else ""
-                raise DualDepthError(f"depth_node exited at start:\n{out}")
+                time.sleep(0.5)
+                raise DualDepthError(f"depth_node exited at start:\n{self.output()}")
             if time.monotonic() > deadline:
                 raise DualDepthError("depth_node did not come up within 120 s")
             self.spin(0.1)
         self.info_pub.publish(info)
         self.spin(0.5)
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.log.append(line.rstrip("\n"))
+
+    def output(self) -> str:
+        return "\n".join(self.log[-40:])
 
     def _on_depth(self, msg: Any) -> None:
         self.got[msg.header.stamp.sec] = time.perf_counter()
@@ -202,6 +214,9 @@ class _NodeUnderTest:
         self.image_pub.publish(frame)
         deadline = time.monotonic() + timeout
         while stamp not in self.got:
+            if self.proc.poll() is not None:
+                time.sleep(0.5)
+                raise DualDepthError(f"depth_node exited (status {self.proc.returncode}):\n{self.output()}")
             if time.monotonic() > deadline:
                 return None
             self.executor.spin_once(timeout_sec=min(0.5, timeout))
@@ -238,8 +253,11 @@ def _measure(model_dir: Path, args: argparse.Namespace, frames: list[Any], info:
         tries = 0
         while node.latency(frames[tries % len(frames)], timeout=5.0) is None:
             tries += 1
-            if tries > 60:
-                raise DualDepthError(f"depth_node published nothing for 60 frames (scale_mode {args.scale_mode})")
+            if tries > 20:
+                raise DualDepthError(
+                    f"depth_node published nothing for 20 frames (scale_mode {args.scale_mode}); "
+                    f"its log:\n{node.output()}"
+                )
         backend_t: list[float] = []
         node_t: list[float] = []
         for start in range(args.warmup, len(frames), 10):
@@ -252,7 +270,7 @@ def _measure(model_dir: Path, args: argparse.Namespace, frames: list[Any], info:
             for i in block:
                 dt = node.latency(frames[i])
                 if dt is None:
-                    raise DualDepthError(f"no depth for frame {i} within 10 s (see the node's log)")
+                    raise DualDepthError(f"no depth for frame {i} within 10 s; the node's log:\n{node.output()}")
                 node_t.append(dt)
         desc = backend.describe()
     finally:
