@@ -279,6 +279,16 @@ class Spinner:
         self.thread.join(timeout=5)
 
 
+def publish_until(pub: Any, msg: Any, predicate: Any, timeout: float = 10.0, period: float = 0.1) -> bool:
+    """Publish ``msg`` every ``period`` s until ``predicate()`` (a message sent just after discovery can be lost)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pub.publish(msg)
+        if wait_until(predicate, period, 0.01):
+            return True
+    return bool(predicate())
+
+
 def wait_until(predicate: Any, timeout: float, step: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -348,9 +358,15 @@ class Client:
             0.1,
         )
 
-    def send_info(self, info: Any, settle: float = 0.3) -> None:
-        self.info_pub.publish(info)
-        time.sleep(settle)  # a separate topic: give the node time to cache it before the next image
+    def send_info(self, info: Any, settle: float = 0.3, repeat: int = 3) -> None:
+        """Publish a camera_info ``repeat`` times over ``settle`` seconds, so the node has it before the next image.
+
+        (A separate topic; and a message sent just after discovery can still be lost, as a camera driver's
+        first camera_info can: drivers publish one with every frame.)
+        """
+        for _ in range(repeat):
+            self.info_pub.publish(info)
+            time.sleep(settle / repeat)
 
     def send(self, image: Any) -> int:
         stamp = stamp_ns(image.header)

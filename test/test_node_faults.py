@@ -9,7 +9,16 @@ import time
 from pathlib import Path
 
 import pytest
-from node_harness import DEFAULT_MODEL, FlakyBackend, NodeProcess, Spinner, sample_frames, stamp_ns, wait_until
+from node_harness import (
+    DEFAULT_MODEL,
+    FlakyBackend,
+    NodeProcess,
+    Spinner,
+    publish_until,
+    sample_frames,
+    stamp_ns,
+    wait_until,
+)
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed (make setup installs the ROS 2 Jazzy wheels)")
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
@@ -76,8 +85,7 @@ def test_backend_raising_at_runtime_then_recovering() -> None:
             assert wait_until(
                 lambda: image_pub.get_subscription_count() and node.pub_depth.get_subscription_count(), 10
             )
-            info_pub.publish(frames[0].info)
-            assert wait_until(lambda: node._info is not None, 5)
+            assert publish_until(info_pub, frames[0].info, lambda: node._info is not None)
 
             def send(i: int) -> None:
                 image_pub.publish(frames[i].image)

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from node_harness import FakeBackend, Spinner, rclpy_camera_info, rclpy_image, stamp_ns, wait_until
+from node_harness import FakeBackend, Spinner, publish_until, rclpy_camera_info, rclpy_image, stamp_ns, wait_until
 
 from dualdepth_ros.geometry import Intrinsics
 from dualdepth_ros.ros.node import LatestSlot, ThrottledLog
@@ -100,9 +100,12 @@ class Rig:
 
     def send(self, stamp: int, info: bool = True) -> None:
         if info:
-            self.info_pub.publish(rclpy_camera_info(CAM, stamp))
             # camera_info and image are separate topics: let the node take the info first
-            assert wait_until(lambda: self.node._info is not None and stamp_ns(self.node._info.header) == stamp, 5)
+            assert publish_until(
+                self.info_pub,
+                rclpy_camera_info(CAM, stamp),
+                lambda: self.node._info is not None and stamp_ns(self.node._info.header) == stamp,
+            )
         self.sent[stamp] = time.monotonic()
         self.image_pub.publish(rclpy_image(RGB, stamp))
 
@@ -182,8 +185,8 @@ def test_warnings_and_errors_both_reach_the_log_and_the_worker_survives(ros, cap
     with Rig("/worker_logs", FakeBackend(), scale_mode="none", error_log_period_s=0.0) as rig:
         rig.send(1, info=False)
         assert wait_until(lambda: rig.node.stats.snapshot()["no_camera_info"] == 1, 5)
-        rig.info_pub.publish(rclpy_camera_info(Intrinsics(160.0, 160.0, 159.5, 47.5, 640, 192), 2))
-        assert wait_until(lambda: rig.node._info is not None, 5)
+        wrong = rclpy_camera_info(Intrinsics(160.0, 160.0, 159.5, 47.5, 640, 192), 2)
+        assert publish_until(rig.info_pub, wrong, lambda: rig.node._info is not None)
         rig.image_pub.publish(rclpy_image(RGB, 2))  # 320×96 against a 640×192 camera_info
         assert wait_until(lambda: rig.node.stats.snapshot()["bad_input"] == 1, 5)
         rig.send(3)

@@ -185,8 +185,10 @@ class _NodeUnderTest:
             if time.monotonic() > deadline:
                 raise DualDepthError("depth_node did not come up within 120 s")
             self.spin(0.1)
-        self.info_pub.publish(info)
-        self.spin(0.5)
+        self.info = info
+        for _ in range(5):  # a message sent right after discovery can still be lost: repeat it (a camera does)
+            self.info_pub.publish(info)
+            self.spin(0.1)
 
     def _drain(self) -> None:
         assert self.proc.stdout is not None
@@ -213,6 +215,7 @@ class _NodeUnderTest:
         """Publish one frame, wait for its depth; publish → receive in seconds (then the gap); None: no depth."""
         self._stamp += 1  # every publication gets its own stamp (frames are sent more than once)
         stamp = frame.header.stamp.sec = self._stamp
+        self.info_pub.publish(self.info)  # with every frame, as a camera driver does
         t = time.perf_counter()
         self.image_pub.publish(frame)
         deadline = time.monotonic() + timeout
