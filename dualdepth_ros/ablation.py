@@ -161,8 +161,8 @@ def _train_seconds(run_dir: Path, checkpoint: dict[str, Any]) -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .data import FrameSequence
-    from .evaluate import ConstantDepthNet, evaluate_sequence, resolve_gt_topics
+    from .data import FrameSequence, resolve_gt_topics
+    from .evaluation import ConstantDepthNet, evaluate_sequence
     from .training.checkpoint import load_checkpoint, model_from_checkpoint
     from .training.trainer import train
 
@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         if (w, h) not in frames_cache:
             frames = []
             for bag in args.heldout:  # GT topics found as `dualdepth eval` finds them (depth, pose, moving mask)
-                topics = resolve_gt_topics(bag, gt_depth_topic=args.gt_depth_topic)
+                topics = resolve_gt_topics(bag, gt_depth_topic=args.gt_depth_topic, require_depth=True)
                 data = dataclasses.replace(
                     loaded.data,
                     gt_depth_topic=topics["gt_depth"],

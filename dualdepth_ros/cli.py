@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("dualdepth_ros.training.cli", "train the depth and pose networks from rosbags (self-supervised)"),
     "pack": ("dualdepth_ros.training.pack", "strip a training checkpoint into a small model file to ship"),
     "ablate": ("dualdepth_ros.ablation", "run the ablation study (equal budget) and write its table"),
-    "eval": ("dualdepth_ros.evaluate", "evaluate a checkpoint on a bag with ground-truth depth"),
+    "eval": ("dualdepth_ros.evaluation.cli", "evaluate a checkpoint on bags with ground-truth depth and/or poses"),
     "infer": ("dualdepth_ros.ros.infer", "run the depth node's processing over a bag and write a bag with its outputs"),
     "demo": (
         "dualdepth_ros.ros.demo",
@@ -36,7 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "dualdepth_ros.inference.cli",
         "export a checkpoint to ONNX + model.json (+ weights.pt) for the backends",
     ),
-    "bench": ("dualdepth_ros.bench", "run a benchmark (rendering, training step, training throughput)"),
+    "bench": ("dualdepth_ros.bench", "run a benchmark (rendering, training, memory, inference)"),
 }
 
 

@@ -50,6 +50,8 @@ __all__ = [
     "SmoothnessConfig",
     "TwoBranchConfig",
     "ConfidenceConfig",
+    "PosePriorConfig",
+    "ScaleAnchorConfig",
     "LossConfig",
     "OptimConfig",
     "Config",
@@ -196,6 +198,19 @@ class TwoBranchConfig:
 
 
 @dataclasses.dataclass
+class PosePriorConfig:
+    enabled: bool = False
+    weight: float = 0.1
+
+
+@dataclasses.dataclass
+class ScaleAnchorConfig:
+    enabled: bool = False
+    weight: float = 0.1
+    translation: float = 0.03
+
+
+@dataclasses.dataclass
 class ConfidenceConfig:
     selection_weight: float = 0.1
     selection_tau: float = 0.01
@@ -213,6 +228,8 @@ class LossConfig:
     temporal: TemporalConfig = dataclasses.field(default_factory=TemporalConfig)
     two_branch: TwoBranchConfig = dataclasses.field(default_factory=TwoBranchConfig)
     confidence: ConfidenceConfig = dataclasses.field(default_factory=ConfidenceConfig)
+    pose_prior: PosePriorConfig = dataclasses.field(default_factory=PosePriorConfig)
+    scale_anchor: ScaleAnchorConfig = dataclasses.field(default_factory=ScaleAnchorConfig)
 
 
 @dataclasses.dataclass

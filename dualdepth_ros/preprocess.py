@@ -21,14 +21,22 @@ to ``K`` is not remapped at all. Maps are computed once per distinct CameraInfo 
 
 Resize modes (``w × h`` is the model's input size, ``W × H`` the camera's):
 
-``resize``
-    scale the whole image to ``w × h`` (the aspect ratio may change; ``fx`` and ``fy`` are
-    scaled separately).
+``crop_center`` (the default)
+    keep the geometry: crop the image to the model's aspect ratio ``w / h`` around its centre,
+    then resize the crop to ``w × h``. Implemented as one uniform scale
+    ``s = max(w / W, h / H)`` followed by a ``w × h`` window, which is the same thing (the
+    window is the crop, seen at the scaled size); ``fx`` and ``fy`` scale alike.
 ``crop_bottom``
-    scale by ``s = max(w / W, h / H)`` keeping the aspect ratio, then keep the bottom ``h``
-    rows (the road; drops sky and, usually, nothing else) and the centre ``w`` columns.
-``crop_center``
-    as ``crop_bottom`` but keep the centre rows.
+    as ``crop_center`` but the crop is anchored at the bottom of the image (keeps the road,
+    drops sky) and centred horizontally.
+``resize``
+    scale the whole image to ``w × h``. The aspect ratio changes when the camera's differs
+    from the model's (``fx`` and ``fy`` are scaled separately): a 4:3 camera fed to a 10:3
+    model is squashed 2.5× vertically. Kept for cameras of the model's own aspect ratio.
+
+:meth:`ResizePlan.describe` says in one line what a plan does to an image (``dualdepth
+train`` and ``dualdepth eval`` print it); :meth:`ResizePlan.source_region` is the part of the
+camera image the model sees (evaluation scores ground truth only there).
 
 Downscaling uses ``cv2.INTER_AREA``, upscaling ``cv2.INTER_LINEAR``; maps (depth, masks)
 use ``cv2.INTER_NEAREST_EXACT`` throughout so no invalid value is blended in.
@@ -51,6 +59,7 @@ from .intrinsics import Intrinsics
 
 __all__ = [
     "RESIZE_MODES",
+    "DEFAULT_RESIZE_MODE",
     "PREPROCESS_VERSION",
     "PreprocessError",
     "FrameDecodeError",
@@ -64,6 +73,8 @@ __all__ = [
 
 #: Accepted values of ``resize_mode``.
 RESIZE_MODES = ("resize", "crop_bottom", "crop_center")
+#: The default ``resize_mode``: crop to the model's aspect ratio around the centre, then resize.
+DEFAULT_RESIZE_MODE = "crop_center"
 
 #: Bumped whenever the output of :meth:`Preprocessor.prepare` could change for the same input;
 #: part of the decoded-frame cache key.
@@ -89,7 +100,8 @@ class ResizePlan:
     """How an ``in_width × in_height`` image becomes ``width × height``.
 
     The image is first resized to ``scaled_width × scaled_height``, then the window whose
-    top-left pixel is ``(x0, y0)`` and whose size is ``width × height`` is kept.
+    top-left pixel is ``(x0, y0)`` and whose size is ``width × height`` is kept. ``mode`` is
+    the ``resize_mode`` that made the plan (for :meth:`describe`).
     """
 
     in_width: int
@@ -100,6 +112,7 @@ class ResizePlan:
     y0: int
     width: int
     height: int
+    mode: str = "resize"
 
     @property
     def is_identity(self) -> bool:
@@ -108,6 +121,37 @@ class ResizePlan:
             self.in_height,
             self.in_width,
             self.in_height,
+        )
+
+    def source_region(self) -> tuple[float, float, float, float]:
+        """``(left, top, right, bottom)`` of the input image that the output shows, in input pixels.
+
+        Pixel edges, not centres: the full image is ``(0, 0, in_width, in_height)``.
+        """
+        sx = self.scaled_width / self.in_width
+        sy = self.scaled_height / self.in_height
+        return (self.x0 / sx, self.y0 / sy, (self.x0 + self.width) / sx, (self.y0 + self.height) / sy)
+
+    def describe(self) -> str:
+        """One line: what this plan does to an image (input size, crop region, scale, aspect)."""
+        src = f"{self.in_width}x{self.in_height}"
+        dst = f"{self.width}x{self.height}"
+        if self.is_identity:
+            return f"{src} used as is ({self.mode}: the model's size)"
+        sx = self.scaled_width / self.in_width
+        sy = self.scaled_height / self.in_height
+        crops = (self.x0, self.y0, self.width, self.height) != (0, 0, self.scaled_width, self.scaled_height)
+        if not crops:
+            a_in, a_out = self.in_width / self.in_height, self.width / self.height
+            change = abs(a_out / a_in - 1.0)
+            shape = "aspect kept" if change < 0.02 else f"aspect {a_in:.2f} -> {a_out:.2f}: the image is distorted"
+            return f"{src} resized to {dst} (x{sx:.4g}, y{sy:.4g}; {shape})"
+        left, top, right, bottom = self.source_region()
+        anchor = {"crop_bottom": "bottom", "crop_center": "centre"}.get(self.mode, self.mode)
+        return (
+            f"{src} cropped to the model's aspect ({anchor}: x {left:.1f}-{right:.1f}, y {top:.1f}-{bottom:.1f}, "
+            f"{100 * (right - left) * (bottom - top) / (self.in_width * self.in_height):.0f}% of the image), "
+            f"then resized to {dst} (x{sx:.4g})"
         )
 
     def intrinsics(self, K: Intrinsics) -> Intrinsics:
@@ -143,7 +187,7 @@ class ResizePlan:
         return np.ascontiguousarray(out)
 
 
-def plan_resize(in_width: int, in_height: int, width: int, height: int, mode: str = "resize") -> ResizePlan:
+def plan_resize(in_width: int, in_height: int, width: int, height: int, mode: str = DEFAULT_RESIZE_MODE) -> ResizePlan:
     """The :class:`ResizePlan` that takes an ``in_width × in_height`` image to ``width × height``.
 
     See the module docstring for the ``mode`` values.
@@ -153,13 +197,13 @@ def plan_resize(in_width: int, in_height: int, width: int, height: int, mode: st
     if min(in_width, in_height, width, height) <= 0:
         raise ValueError(f"sizes must be positive: {in_width}x{in_height} -> {width}x{height}")
     if mode == "resize":
-        return ResizePlan(in_width, in_height, width, height, 0, 0, width, height)
+        return ResizePlan(in_width, in_height, width, height, 0, 0, width, height, mode)
     s = max(width / in_width, height / in_height)
     sw = max(width, int(round(in_width * s)))
     sh = max(height, int(round(in_height * s)))
     x0 = (sw - width) // 2
     y0 = sh - height if mode == "crop_bottom" else (sh - height) // 2
-    return ResizePlan(in_width, in_height, sw, sh, x0, y0, width, height)
+    return ResizePlan(in_width, in_height, sw, sh, x0, y0, width, height, mode)
 
 
 # ---------------------------------------------------------------------------------------
@@ -341,7 +385,7 @@ class Preprocessor:
     Parameters
     ----------
     width, height : the model's input size in pixels.
-    resize_mode : ``"resize"``, ``"crop_bottom"`` or ``"crop_center"`` (module docstring).
+    resize_mode : ``"crop_center"`` (default), ``"crop_bottom"`` or ``"resize"`` (module docstring).
     rectify : undistort/rectify raw images with the CameraInfo's calibration. Set to False
         for an already rectified topic (``image_rect``); its intrinsics are then ``P``.
     intrinsics : explicit ``fx, fy, cx, cy`` of the incoming images (a string
@@ -362,7 +406,7 @@ class Preprocessor:
         self,
         width: int,
         height: int,
-        resize_mode: str = "resize",
+        resize_mode: str = DEFAULT_RESIZE_MODE,
         *,
         rectify: bool = True,
         intrinsics: Any = None,
@@ -432,6 +476,18 @@ class Preprocessor:
             )
         return (cam if self.rectify else None), cam.rectified
 
+    def source_intrinsics(self, info: Any = None, width: int | None = None, height: int | None = None) -> Intrinsics:
+        """Intrinsics of the rectified full-size image (before the resize/crop).
+
+        ``width``/``height`` (the incoming image size) are needed only with explicit intrinsics
+        and no CameraInfo.
+        """
+        if width is None or height is None:
+            if info is None:
+                raise PreprocessError("need camera_info or the input image size to compute intrinsics")
+            width, height = int(info.width), int(info.height)
+        return self._source(info, int(width), int(height))[1]
+
     def plan(self, in_width: int, in_height: int) -> ResizePlan:
         """The resize/crop applied to a (rectified) ``in_width × in_height`` image."""
         return plan_resize(in_width, in_height, self.width, self.height, self.resize_mode)
@@ -475,16 +531,26 @@ class Preprocessor:
         PreprocessError : undecodable image, missing or uncalibrated camera_info, an image
             whose size differs from the camera_info's, an unsupported distortion model.
         """
+        rgb, K = self.rectified(image, info)
+        plan = self.plan(K.width, K.height)
+        return plan.apply(rgb), plan.intrinsics(K)
+
+    def rectified(self, image: Any, info: Any = None) -> tuple[np.ndarray, Intrinsics]:
+        """Decode and rectify only: the full-size ``H×W×3`` uint8 RGB and its intrinsics.
+
+        The first half of :meth:`prepare` (same arguments and errors); :meth:`prepare` then
+        applies :meth:`plan`. Measurements that must not depend on the model's input size
+        (the still-camera filter of the training data) use this image.
+        """
         rgb = self.decode(image)
         h, w = rgb.shape[:2]
         cam, K = self._source(info, w, h)
         if cam is not None:
             rgb = cam.rectify(rgb)
-        plan = self.plan(w, h)
-        return plan.apply(rgb), plan.intrinsics(K)
+        return rgb, K
 
     def prepare_map(
-        self, array: Any, info: Any = None, encoding: str | None = None, rectify: bool = False
+        self, array: Any, info: Any = None, encoding: str | None = None, rectify: bool = False, full_size: bool = False
     ) -> np.ndarray:
         """Carry a per-pixel map (GT depth, a mask) through the same resize/crop as the images,
         with nearest-neighbour sampling.
@@ -497,10 +563,13 @@ class Preprocessor:
         rectify : the map is registered with the *raw* camera image, so rectify it first
             (nearest). The default assumes it already lies on the rectified pinhole grid, as
             simulator and projected-lidar ground truth usually does.
+        full_size : stop after rectification: the map on the rectified camera image's grid
+            (``H×W``, no resize/crop), where evaluation scores ground truth.
 
         Returns
         -------
-        ``h×w`` array of the input's dtype (float maps get NaN outside the rectified field).
+        ``h×w`` (``H×W`` with ``full_size``) array of the input's dtype (float maps get NaN
+        outside the rectified field).
         """
         if not isinstance(array, np.ndarray):
             try:
@@ -515,6 +584,8 @@ class Preprocessor:
         cam, K = self._source(info, w, h)
         if cam is not None and rectify:
             array = cam.rectify(array, nearest=True)
+        if full_size:
+            return array
         return self.plan(K.width, K.height).apply(array, nearest=True)
 
     @staticmethod

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dualdepth_ros.data import ColorJitter, flip_pose, sample_clips, split_masks, static_mask
+from dualdepth_ros.data import ColorJitter, flip_pose, sample_clips, split_clips, static_mask
 from dualdepth_ros.data.augment import hsv_to_rgb, rgb_to_hsv
 from dualdepth_ros.data.frames import frame_motion
 from dualdepth_ros.geometry import backproject, pose_vec_to_mat, project, transform_points
@@ -59,16 +59,52 @@ def test_sample_clips_respects_offsets_and_gaps():
     assert sample_clips(stamps[:2], keep[:2], [-1, 0, 1], P).shape == (0, 3)
 
 
-def test_split_is_time_based_and_disjoint():
-    stamps = np.arange(100, dtype=np.int64) * P  # 0 .. 9.9 s
-    train, val = split_masks(stamps, val_fraction=0.2, gap_ns=int(0.5e9))
-    assert not np.any(train & val)
-    t_val = stamps[val]
-    assert t_val.min() >= 0.8 * stamps.max() and val[-1]
-    assert stamps[train].max() < t_val.min() - 0.5e9 + 1  # separated by the gap
-    assert np.flatnonzero(val)[0] == 80 and np.flatnonzero(train)[-1] == 74
-    tr, va = split_masks(stamps, 0.0, 0)
-    assert tr.all() and not va.any()
+def _frames_of(clips, idx):
+    return {int(f) for c in clips[idx] for f in c}
+
+
+def test_split_is_spread_disjoint_and_separated_by_the_gap():
+    stamps = np.arange(300, dtype=np.int64) * P  # 0 .. 29.9 s
+    keep = np.ones(300, dtype=bool)
+    keep[200:] = False  # the car stands still for the last third
+    clips = sample_clips(stamps, keep, [-2, -1, 0, 1, 2], max_gap_ns=int(2.5 * P))
+    train, val, note = split_clips(stamps, clips, val_fraction=0.1, gap_ns=int(0.5e9), blocks=3)
+    assert note == "" and len(val) == round(0.1 * len(clips)) and len(train) > 0.6 * len(clips)
+    assert not set(train) & set(val)
+    tr, va = _frames_of(clips, train), _frames_of(clips, val)
+    assert tr.isdisjoint(va)
+    assert max(va) < 200  # among moving frames only: the old "last 10 % of the time" would be all standstill
+    # Three blocks spread over the drive: early, middle and late among the moving frames.
+    runs = np.split(val, np.flatnonzero(np.diff(val) > 1) + 1)
+    assert len(runs) == 3
+    centres = [float(np.mean(clips[r][:, 2])) for r in runs]
+    assert centres[0] < 60 and 80 < centres[1] < 120 and centres[2] > 140
+    # The gap: no training frame within 0.5 s (5 frames) of a validation frame.
+    t_train, t_val = stamps[sorted(tr)], stamps[sorted(va)]
+    assert np.min(np.abs(t_train[:, None] - t_val[None, :])) > 0.5e9
+    # No gap: still disjoint, more training clips.
+    train0, val0, _ = split_clips(stamps, clips, 0.1, 0, 3)
+    assert len(val0) == len(val) and len(train0) > len(train)
+    assert _frames_of(clips, train0).isdisjoint(_frames_of(clips, val0))
+    assert split_clips(stamps, clips, 0.0, 0)[1].size == 0
+
+
+def test_too_few_clips_give_no_validation_and_say_why():
+    stamps = np.arange(8, dtype=np.int64) * P
+    clips = sample_clips(stamps, np.ones(8, bool), [-1, 0, 1], max_gap_ns=int(2.5 * P))  # 6 clips
+    train, val, note = split_clips(stamps, clips[:4], 0.1, int(0.5e9))
+    assert val.size == 0 and train.tolist() == [0, 1, 2, 3] and "4 clips are too few" in note and "needs 5" in note
+    train, val, note = split_clips(stamps, clips, 0.3, int(0.5e9), blocks=1)  # the gap would leave no training clip
+    assert val.size == 0 and len(train) == 6 and "keep half to train" in note
+
+
+def test_short_drives_get_fewer_validation_blocks():
+    stamps = np.arange(60, dtype=np.int64) * P
+    clips = sample_clips(stamps, np.ones(60, bool), [-2, -1, 0, 1, 2], max_gap_ns=int(2.5 * P))  # 56 clips
+    train, val, note = split_clips(stamps, clips, 0.1, int(0.5e9), blocks=3)
+    runs = np.split(val, np.flatnonzero(np.diff(val) > 1) + 1)
+    # Three blocks with 0.5 s gaps would leave 56 − 6 − 3·18 < 0 training clips; one block leaves 32.
+    assert note == "" and len(val) == 6 and len(runs) == 1 and len(train) >= 0.5 * len(clips)
 
 
 def test_colour_jitter_identities():

@@ -37,6 +37,7 @@ def decode_counter(monkeypatch):
 def _cfg(tmp_path, **kw) -> DataConfig:
     kw.setdefault("cache_dir", str(tmp_path / "cache"))
     kw.setdefault("val_fraction", 0.0)
+    kw.setdefault("frame_offsets", [-1, 0, 1])  # 3-frame clips (the default is the two-branch layout, -2…2)
     return DataConfig(**kw)
 
 
@@ -174,18 +175,26 @@ def test_static_run_is_dropped_and_clips_do_not_cross_it(tmp_path):
     assert all(not (5 <= f <= 10) for c in clips for f in c)
     # Frames 5..10 repeat frame 4; 11..15 move on. Kept: 0..4 and 11..15, with a 0.7 s gap between.
     assert clips == [[0, 1, 2], [1, 2, 3], [2, 3, 4], [11, 12, 13], [12, 13, 14], [13, 14, 15]]
-    assert ds.stats[0] == {"frames": 16, "kept": 10, "clips": 6, "in_split": 6}
+    assert {k: ds.stats[0][k] for k in ("frames", "kept", "clips", "in_split")} == {
+        "frames": 16,
+        "kept": 10,
+        "clips": 6,
+        "in_split": 6,
+    }
 
 
-def test_train_val_split_is_time_based(tmp_path):
+def test_train_val_split_blocks_are_disjoint_and_separated(tmp_path):
     path = write_bag(tmp_path / "bag", moving_frames(40))
-    cfg = _cfg(tmp_path, val_fraction=0.25, split_gap_s=0.25)
+    cfg = _cfg(tmp_path, val_fraction=0.25, split_gap_s=0.25, val_blocks=2)
     train, val = make_datasets([path], cfg, OUT_W, OUT_H)
-    tr = {f for i in range(len(train)) for f in train.clip_frames(i)[1]}
-    va = {f for i in range(len(val)) for f in val.clip_frames(i)[1]}
+    tr = {int(f) for i in range(len(train)) for f in train.clip_frames(i)[1]}
+    va = {int(f) for i in range(len(val)) for f in val.clip_frames(i)[1]}
     assert tr and va and tr.isdisjoint(va)
-    assert max(tr) < min(va) and min(va) >= 30
+    assert len(val) == round(0.25 * 38)  # 38 clips of 3 frames
+    assert min(va) < 20 < max(va)  # two blocks, one in each half of the drive
+    assert min(abs(a - b) for a in tr for b in va) > 2  # more than 0.25 s (2.5 frames) apart
     assert train.augment and not val.augment  # augmentation defaults by split
+    assert val.stats[0]["val"] == len(val) and train.totals()["val"] == len(val)
 
 
 def test_no_moving_frames_is_a_clear_error(tmp_path):

@@ -14,6 +14,7 @@ import json
 import math
 
 import cv2
+import independent_eval
 import numpy as np
 import pytest
 import torch
@@ -21,20 +22,16 @@ import torch
 from dualdepth_ros import bagio, cli
 from dualdepth_ros.config import load_config
 from dualdepth_ros.data import DataConfig, FrameSequence
-from dualdepth_ros.errors import DualDepthError
-from dualdepth_ros.evaluate import (
-    MOSAIC_MIN_PANEL_WIDTH,
-    _ExampleKeeper,
-    evaluate_sequence,
-    relative_poses,
-)
+from dualdepth_ros.evaluation import MOSAIC_MIN_PANEL_WIDTH, evaluate_sequence, relative_poses
+from dualdepth_ros.evaluation.sequence import _ExampleKeeper
 from dualdepth_ros.geometry import mat_to_pose_vec
 from dualdepth_ros.images import decode_image
 from dualdepth_ros.networks import DepthModel
+from dualdepth_ros.preprocess import plan_resize
 from dualdepth_ros.training.checkpoint import LoadedModel, atomic_save, make_checkpoint
 
 W, H = 96, 32  # the small checkpoint's input
-OW, OH = 160, 48  # the oracle's input: exactly half the sample's 320×96
+OW, OH = 320, 96  # the oracle's input: the sample's own size, so the GT grid is the network's
 GT_TOPICS = {"gt_depth_topic": "/gt/depth", "gt_pose_topic": "/gt/pose", "gt_moving_mask_topic": "/gt/moving_mask"}
 LIGHT = [
     f"input.width={W}",
@@ -114,7 +111,9 @@ def test_cli_end_to_end(small_checkpoint, sample_bag, tmp_path, capsys):
                 "scale_ratio", "confidence", "temporal", "pose", "branches", "sparsification_curves",
                 "n_frames", "seconds"):  # fmt: skip
         assert key in data, key
-    assert data["input"] == {"width": W, "height": H, "resize_mode": "resize"}
+    assert data["input"] == {"width": W, "height": H, "resize_mode": "crop_center"}  # the data default keeps the aspect
+    assert data["protocol"]["name"] == "kitti" and data["protocol"]["crop"] == "garg"
+    assert "cropped to the model's aspect" in data["bags"][0]["preprocessing"]
     assert data["checkpoint_step"] == 7
     assert data["bags"][0]["gt_depth_topic"] == "/gt/depth" and data["bags"][0]["gt_pose_topic"] == "/gt/pose"
     assert data["n_frames"] == data["n_images"] == 30 and data["n_skipped"] == 0
@@ -149,9 +148,7 @@ def test_cli_json_to_stdout(small_checkpoint, sample_bag, capsys):
     assert "AbsRel" in captured.err
 
 
-def test_constant_reference_matches_an_independent_computation(small_checkpoint, sample_bag, cache_dir, capsys):
-    from dualdepth_ros.evaluation import evaluate_depth
-
+def test_constant_reference_matches_an_independent_computation(small_checkpoint, sample_bag, capsys):
     rc = _eval_cli(
         "--checkpoint", small_checkpoint, "--bag", sample_bag, "--max-frames", 6, "--constant-reference", "--json", "-"
     )
@@ -159,92 +156,19 @@ def test_constant_reference_matches_an_independent_computation(small_checkpoint,
     assert rc == 0, captured.err
     data = json.loads(captured.out)
     assert data["confidence"] is None and data["pose"] is None  # no confidence, no PoseNet for the reference
-    # Independently: a constant prediction, median-scaled against each of the same frames' GT.
-    frames = FrameSequence.from_bag(
-        sample_bag, DataConfig(gt_depth_topic="/gt/depth", cache_dir=str(cache_dir)), 96, 32
-    )
-    rows = [evaluate_depth(np.ones_like(f.gt_depth.squeeze()), f.gt_depth.squeeze()).metrics for f in list(frames)[:6]]
-    expected = float(np.mean([r["abs_rel"] for r in rows]))
-    assert data["median_scaled"]["abs_rel"] == pytest.approx(expected, rel=1e-6)
-    assert expected > 0.2  # the synthetic street has depth structure a constant cannot explain
-
-
-def _store(sample_bag, cache_dir, width=W, height=H):
-    return FrameSequence.from_bag(sample_bag, DataConfig(cache_dir=str(cache_dir), **GT_TOPICS), width, height).store
-
-
-def test_photometric_floor_geometries_match_independent_poses_and_scale(small_checkpoint, sample_bag, cache_dir):
-    from dualdepth_ros.evaluate import FLOOR_FAR_DEPTH, _floor_cases, floor_clips
-    from dualdepth_ros.geometry import relative_pose
-    from dualdepth_ros.training.checkpoint import model_from_checkpoint
-    from dualdepth_ros.training.trainer import to_model_batch
-
-    loaded = model_from_checkpoint(small_checkpoint)
-    store = _store(sample_bag, cache_dir)
-    clips = floor_clips(loaded, [store])
-    picks = [0, len(clips) // 2, len(clips) - 1]
-    batch = to_model_batch(torch.utils.data.default_collate([clips[i] for i in picks]), torch.device("cpu"))
-    with torch.inference_mode():
-        outputs = loaded.model(batch)
-    cases = _floor_cases(batch, outputs, clips.offsets)
-    assert cases["model"][("T", 0, 1)] is outputs[("T", 0, 1)]
-    world = torch.from_numpy(store.gt_pose)  # camera → world, as recorded
-    for key in [k for k in outputs if isinstance(k, tuple) and k[0] == "T"]:
-        a, b = key[1], key[2]
-        for row, i in enumerate(picks):
-            frames = clips.clip_frames(i)[1]
-            fa, fb = (int(frames[clips.offsets.index(o)]) for o in (a, b))
-            expected = relative_pose(world[fa][None], world[fb][None])[0].float()
-            assert torch.allclose(cases["gt_depth_gt_pose"][key][row], expected, atol=1e-4), key
-    for row, i in enumerate(picks):  # GT depth of each frame of the clip, far where the GT has none
-        frames = clips.clip_frames(i)[1]
-        for o, f in zip(clips.offsets, frames):
-            if ("depth_fused", o, 0) not in outputs:
-                continue
-            gt = torch.from_numpy(np.array(store.gt_depth[int(f)]))
-            got = cases["gt_depth_gt_pose"][("depth_fused", o, 0)][row, 0]
-            assert torch.equal(got, torch.where(gt > 0, gt, torch.full_like(gt, FLOOR_FAR_DEPTH)))
-    gt0 = batch[("gt_depth", 0)]
-    scaled = cases["model_depth_gt_pose"][("depth_fused", 0, 0)]
-    for row in range(len(picks)):
-        valid = gt0[row] > 0
-        assert float(scaled[row][valid].median()) == pytest.approx(float(gt0[row][valid].median()), rel=1e-3)
-
-
-def test_photometric_floor_is_far_below_an_untrained_model_and_in_the_cli(
-    small_checkpoint, sample_bag, cache_dir, capsys
-):
-    from dualdepth_ros.evaluate import photometric_floor
-    from dualdepth_ros.training.checkpoint import model_from_checkpoint
-
-    loaded = model_from_checkpoint(small_checkpoint)
-    store = _store(sample_bag, cache_dir)
-    floor = photometric_floor(loaded, [store], max_clips=8)
-    assert floor["clips"] == 8
-    # The true geometry explains the synthetic frames; random weights do not.
-    assert 0 < floor["gt_depth_gt_pose"] < 0.5 * floor["model"]
-    # A wrong geometry (GT depth × 3 with the metric GT pose) is worse than the true one.
-    wrong = dataclasses.replace(store, gt_depth=np.asarray(store.gt_depth) * 3.0)
-    assert photometric_floor(loaded, [wrong], max_clips=8)["gt_depth_gt_pose"] > 1.2 * floor["gt_depth_gt_pose"]
-    with pytest.raises(DualDepthError, match="needs GT depth and GT pose"):
-        photometric_floor(loaded, [dataclasses.replace(store, gt_pose=None)], max_clips=8)
-    # Frames without a matched pose (NaN) leave their clips out; no clip left is an error.
-    holes = np.array(store.gt_pose)
-    holes[:40] = np.nan
-    partial = photometric_floor(loaded, [dataclasses.replace(store, gt_pose=holes)], max_clips=8)
-    assert partial["clips"] == 8 and all(math.isfinite(v) for v in partial.values())
-    with pytest.raises(DualDepthError, match="no clip whose frames all have a GT pose"):
-        photometric_floor(loaded, [dataclasses.replace(store, gt_pose=holes * np.nan)], max_clips=8)
-
-    rc = _eval_cli(
-        "--checkpoint", small_checkpoint, "--bag", sample_bag, "--max-frames", 4, "--no-pose",
-        "--photometric-floor", 8, "--json", "-",
-    )  # fmt: skip
-    captured = capsys.readouterr()
-    assert rc == 0, captured.err
-    data = json.loads(captured.out)["photometric_floor"]
-    assert data == pytest.approx(floor, rel=1e-5)  # seeded: the same figures every run
-    assert "GT depth + GT pose" in captured.err
+    assert data["protocol"]["name"] == "kitti" and "auto" in data["protocol"]["reason"]  # 320×96 is KITTI-shaped
+    assert "protocol: kitti" in captured.err
+    # Independently (test/independent_eval.py): the GT of the same frames read from the bag at its own 320×96,
+    # inside Garg's crop, on the columns the 96×32 centre crop sees, against a constant median-scaled prediction.
+    depths = [decode_image(m.msg) for m in bagio.read_messages(sample_bag, ["/gt/depth"])][:6]
+    plan = plan_resize(320, 96, W, H, "crop_center")
+    window = (plan.scaled_width, plan.scaled_height, plan.x0, plan.y0)
+    expected, points = independent_eval.score(depths, [np.ones((H, W))] * 6, window, garg=True)
+    for key, value in expected.items():
+        assert data["median_scaled"][key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    assert expected["abs_rel"] > 0.2  # the synthetic street has depth structure a constant cannot explain
+    assert data["gt_points"] == pytest.approx(points)
+    assert data["gt_coverage"]["columns"] == [15, 302] and points > 0.3 * 320 * 96
 
 
 # ---------------------------------------------------------------------------------------
@@ -272,10 +196,10 @@ class _Lookup:
     """Index of the nearest reference image (mean absolute difference) for each image of a batch."""
 
     def __init__(self, refs: torch.Tensor) -> None:
-        self.refs = refs
+        self.refs = torch.nn.functional.avg_pool2d(refs, 4)  # small signatures: the batch × frames difference fits
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        d = (images[:, None] - self.refs[None]).abs().mean(dim=(2, 3, 4))
+        d = (torch.nn.functional.avg_pool2d(images, 4)[:, None] - self.refs[None]).abs().mean(dim=(2, 3, 4))
         assert bool((d.min(dim=1).values < 2 / 255).all()), "an input image matches no frame of the bag"
         return d.argmin(dim=1)
 
@@ -346,7 +270,7 @@ def test_oracle_scores_perfectly(oracle_setup):
     loaded = _oracle(oracle_setup)
     loaded.model.train()
     frames = [seq[i] for i in range(40)]  # the drive before its standstill (4–5 s)
-    frames[5] = dataclasses.replace(frames[5], gt_depth=None)  # a frame without GT depth
+    frames[5] = dataclasses.replace(frames[5], gt_depth=None, gt_depth_native=None)  # a frame without GT depth
     result = evaluate_sequence(loaded, frames, batch_size=7, metric_scale=1.0, collect_examples=3)
     assert loaded.model.training  # the caller's mode is restored (the trainer's validation)
     s = result.summary()

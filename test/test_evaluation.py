@@ -109,7 +109,7 @@ def test_oracle_confidence_has_zero_ause():
     gt = rng.uniform(2, 50, 5000)
     pred = gt * np.exp(rng.normal(0, 0.2, gt.size))
     for metric in ("abs_rel", "rmse", "a1"):
-        err = ev._pixel_errors(gt, pred, metric) if metric != "a1" else np.maximum(gt / pred, pred / gt)
+        err = ev.pixel_errors(gt, pred, metric) if metric != "a1" else np.maximum(gt / pred, pred / gt)
         r = ev.sparsification(gt, pred, -err, metrics=[metric])
         assert r.ause[metric] == pytest.approx(0.0, abs=1e-12)
         assert r.aurg[metric] > 0
@@ -145,8 +145,8 @@ def test_report_layer_and_pictures(tmp_path):
     assert s["scale_ratio"]["median"] == pytest.approx(10, rel=0.05)
     assert s["median_scaled"]["abs_rel"] < 0.15 < s["metric_scale"]["abs_rel"]
     assert s["confidence"]["ause"]["abs_rel"] >= 0 and s["confidence"]["aurg"]["abs_rel"] > 0
-    text = ev.format_depth_table(s)
-    assert "abs_rel" in text and "AUSE" in text
+    text = ev.format_evaluation(s)
+    assert "AbsRel" in text and "AUSE" in text
     report.write_json(tmp_path / "out" / "metrics.json")
     data = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert len(data["sparsification_curves"]["fractions"]) == 21
@@ -238,3 +238,32 @@ def test_pose_ate_perfect_and_scaled():
     assert ev.pose_ate(gt, noisy)["ate_mean"] > 0.01
     with pytest.raises(ValueError):
         ev.pose_ate(gt[:3], rel[:2])
+
+
+def test_tensorboard_images_use_the_one_colouriser(tmp_path):
+    """The trainer's TensorBoard depth/confidence images are coloured by evaluation.plots (no second copy)."""
+    from dualdepth_ros.training.runlog import RunLogger
+
+    logged = []
+
+    class Writer:
+        def add_image(self, tag, img, step, dataformats):
+            logged.append((tag, img, dataformats))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    log = RunLogger(tmp_path, total_steps=1)
+    log.writer.close()
+    log.writer = Writer()
+    depth = torch.rand(12, 40, dtype=torch.bfloat16) * 20 + 1  # AMP outputs may be bfloat16
+    log.depth_image(3, "depth", depth)
+    log.depth_image(3, "conf", depth / 21, confidence=True)
+    log.close()
+    (t1, d, f1), (t2, c, f2) = logged
+    assert (t1, f1, t2, f2) == ("depth", "HWC", "conf", "HWC")
+    np.testing.assert_array_equal(d, ev.colorize_inverse_depth(depth.float().numpy()))
+    np.testing.assert_array_equal(c, ev.colorize_confidence((depth / 21).float().numpy()))

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from dualdepth_ros.data import FrameSequence
+from dualdepth_ros.data import FrameSequence, resolve_gt_topics
 from dualdepth_ros.data.bags import Bag, header_stamp_ns
-from dualdepth_ros.evaluate import evaluate_sequence, resolve_gt_topics
+from dualdepth_ros.evaluation import evaluate_sequence
 from dualdepth_ros.inference import load_metadata, open_backend
 from dualdepth_ros.training.checkpoint import model_from_checkpoint
 
@@ -74,7 +74,7 @@ def test_runtime_reproduces_eval_per_frame_depth(sample_bag) -> None:
     loaded = model_from_checkpoint(CKPT)
     md = load_metadata(SHIPPED)
     inp = loaded.checkpoint["input"]
-    # dualdepth eval's frame pipeline (evaluate.run): the checkpoint's data config and input size.
+    # dualdepth eval's frame pipeline (evaluation.cli.run): the checkpoint's data config and input size.
     cfg = dataclasses.replace(loaded.data, resize_mode=inp["resize_mode"], cache_dir=None)
     topics = resolve_gt_topics(sample_bag, preferred={"gt_depth": cfg.gt_depth_topic})
     cfg = dataclasses.replace(

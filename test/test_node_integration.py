@@ -93,17 +93,15 @@ def _offline(frames, scale_mode: str):
 
 def _score(outputs: dict, frames, metric: bool):
     from dualdepth_ros.inference import load_metadata
-    from dualdepth_ros.ros.scoring import EvaluationReport
+    from dualdepth_ros.ros.scoring import GroundTruthScorer
 
-    pre = load_metadata(DEFAULT_MODEL).preprocessor()
+    scorer = GroundTruthScorer(load_metadata(DEFAULT_MODEL).preprocessor(), metric)
     gt = sample_gt()
-    report = EvaluationReport(metric_scale=1.0 if metric else None)
     for f in frames:
         depth = image_array(outputs[f.stamp_ns]["depth"]).astype(np.float32)
         conf = image_array(outputs[f.stamp_ns]["conf"]).astype(np.float32)
-        g = pre.prepare_map(gt[f.stamp_ns], f.info).astype(np.float32)
-        report.add(depth, g, confidence=conf, mask=np.isfinite(depth))
-    return report.summary()
+        scorer.add(depth, conf, gt[f.stamp_ns], f.info)
+    return scorer.summary()
 
 
 def _lockstep(client: Client, frames) -> dict:

@@ -73,14 +73,21 @@ def test_pack_strips_training_state_and_keeps_outputs(
     assert torch.allclose(a, b, rtol=2e-2, atol=1e-3)
 
 
-def _constant_abs_rel(bag: Path, cache: Path) -> float:
-    """Mean AbsRel of a constant prediction, median-scaled per frame, over every frame of ``bag`` at 96×32."""
-    from dualdepth_ros.data import DataConfig, FrameSequence
-    from dualdepth_ros.evaluation import evaluate_depth
+def _constant_abs_rel(bag: Path) -> float:
+    """Mean AbsRel of a constant prediction, median-scaled per frame, over every frame of ``bag``, scored on the
+    GT's own 320×96 grid by the independent evaluator (kitti protocol: the sample is KITTI-shaped; 96×32 centre crop).
+    """
+    import independent_eval
 
-    frames = FrameSequence.from_bag(bag, DataConfig(gt_depth_topic="/gt/depth", cache_dir=str(cache)), 96, 32)
-    rows = [evaluate_depth(np.ones_like(f.gt_depth.squeeze()), f.gt_depth.squeeze()).metrics for f in frames]
-    return float(np.mean([r["abs_rel"] for r in rows]))
+    from dualdepth_ros import bagio
+    from dualdepth_ros.images import decode_image
+    from dualdepth_ros.preprocess import plan_resize
+
+    depths = [decode_image(m.msg) for m in bagio.read_messages(bag, ["/gt/depth"])]
+    plan = plan_resize(320, 96, 96, 32, "crop_center")
+    window = (plan.scaled_width, plan.scaled_height, plan.x0, plan.y0)
+    metrics, _ = independent_eval.score(depths, [np.ones((32, 96))] * len(depths), window, garg=True)
+    return metrics["abs_rel"]
 
 
 def test_ablate_writes_the_table_and_skips_finished_variants(
@@ -124,7 +131,7 @@ def test_ablate_writes_the_table_and_skips_finished_variants(
     data = json.loads((tmp_path / "ablation.json").read_text())
     const = data["constant_reference"]["median_scaled"]
     assert float(ref[0].strip(" *")) == pytest.approx(const["abs_rel"], abs=5e-4)
-    assert const["abs_rel"] == pytest.approx(_constant_abs_rel(sample_bag, tmp_path / "c"), rel=1e-5)
+    assert const["abs_rel"] == pytest.approx(_constant_abs_rel(sample_bag), rel=1e-9)
     assert "1 steps × batch 2 at 96×32" in data["budget"] and data["budget"] in "\n".join(table)
     assert [v["slug"] for v in data["variants"]] == ["monodepth2", "full"]
     assert all(v["train_seconds"] > 0 for v in data["variants"])  # the checkpoints' running totals

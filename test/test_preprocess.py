@@ -228,3 +228,40 @@ def test_message_kinds_give_the_same_tensor():
     np.testing.assert_array_equal(ref.image, Preprocessor.to_chw(ref.rgb))
     assert tuple(ref.tensor().shape) == (1, 3, 24, 40)
     assert pre.output_intrinsics(info) == ref.intrinsics
+
+
+def test_default_crops_to_the_model_aspect_and_says_so():
+    """A 4:3 camera fed to a 10:3 model: the default keeps the geometry (no squashing); the plan says what it did."""
+    W, H = 640, 480
+    K = _K(500.0, 500.0, 319.5, 239.5)
+    info = _info(W, H, K)
+    pre = Preprocessor(160, 48)
+    assert pre.resize_mode == "crop_center"
+    Ko = pre.output_intrinsics(info)  # what a node publishes as depth/camera_info
+    assert Ko.fx == pytest.approx(Ko.fy) and Ko.fx == pytest.approx(125.0)  # one scale for both axes
+    out, Kp = pre.prepare(_blob(W, H, 320.0, 240.0, 8.0), info)
+    assert Kp == Ko and out.shape == (48, 160, 3)
+    plan = pre.plan(W, H)
+    assert plan.source_region() == pytest.approx((0.0, 144.0, 640.0, 336.0))  # the centre 40 % of the rows
+    text = plan.describe()
+    assert "640x480 cropped to the model's aspect (centre: x 0.0-640.0, y 144.0-336.0, 40% of the image)" in text
+    bottom = plan_resize(W, H, 160, 48, "crop_bottom")
+    assert bottom.source_region()[1:] == pytest.approx((288.0, 640.0, 480.0)) and "bottom" in bottom.describe()
+    squash = plan_resize(W, H, 160, 48, "resize")
+    assert "aspect 1.33 -> 3.33: the image is distorted" in squash.describe()
+    assert "aspect kept" in plan_resize(1242, 375, 160, 48, "resize").describe()
+    assert "used as is" in plan_resize(160, 48, 160, 48).describe()
+
+
+def test_rectified_is_the_first_half_of_prepare():
+    W, H = 120, 90
+    K = _K(100.0, 100.0, 60.2, 44.8)
+    info = _info(W, H, K, D=(-0.2, 0.05, 0.001, 0.0, 0.0))
+    pre = Preprocessor(64, 32, "crop_bottom")
+    img = _blob(W, H, 70.0, 50.0, 6.0)
+    full, K_full = pre.rectified(img, info)
+    assert full.shape == (H, W, 3) and K_full == pre.source_intrinsics(info)
+    out, K_out = pre.prepare(img, info)
+    plan = pre.plan(W, H)
+    np.testing.assert_array_equal(out, plan.apply(full))
+    assert K_out == plan.intrinsics(K_full)

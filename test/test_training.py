@@ -85,7 +85,7 @@ def test_resume_after_interrupt_is_exact(sample_bag: Path, tmp_path: Path) -> No
     assert final["train_seconds"] == pytest.approx(ckpt["train_seconds"] + second["seconds"], rel=0.05, abs=0.5)
     assert second["train_seconds"] == pytest.approx(final["train_seconds"], abs=0.5)
     # The checkpoint records what is needed to rebuild the model and its input pipeline.
-    assert final["input"] == {"width": 96, "height": 32, "resize_mode": "resize"}
+    assert final["input"] == {"width": 96, "height": 32, "resize_mode": "crop_center"}
     assert "optical frame" in final["intrinsics_convention"]
     loaded = model_from_checkpoint(tmp_path / "b" / "last.pt")
     out = loaded.depth_net(torch.rand(1, 3, 32, 96))
@@ -186,8 +186,8 @@ def _frozen_batchnorm(model: torch.nn.Module) -> None:
 
 
 def test_micro_batches_accumulate_exactly_the_full_batch_gradient(sample_bag: Path, tmp_path: Path) -> None:
+    from dualdepth_ros.data.batch import to_model_batch
     from dualdepth_ros.losses import gate_statistic
-    from dualdepth_ros.training.trainer import to_model_batch
 
     grads, threshold = {}, None
     for micro in (4, 1, 3):  # one pass; four of one; ragged 2 + 2

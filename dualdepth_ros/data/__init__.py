@@ -5,9 +5,10 @@ Pipeline::
     bag(s) ──bags: open (AnyReader: rosbag2 sqlite3/mcap, ROS 1), select topics──►
     frames: Preprocessor.prepare every image (decode → rectify → resize/crop), GT by stamp,
             cached on disk as uint8 (FrameStore) ──►
-    clips: static-frame removal (median sparse optical flow), clips at frame_offsets within
-           max_gap, time-based train/val split ──►
-    dataset: ClipDataset items (below), FrameSequence for frames in order
+    clips: static-frame removal (median sparse optical flow in camera pixels), clips at
+           frame_offsets within max_gap, validation blocks among moving clips ──►
+    dataset: ClipDataset items (below), FrameSequence for frames in order ──►
+    batch: to_model_batch (the losses' key layout, on the device)
 
 Typical use (the trainer)::
 
@@ -52,8 +53,18 @@ tensors, ``"stamp"``/``"index"`` int64 tensors, ``"flipped"`` a bool tensor).
 
 from ..config import register_section
 from .augment import ColorJitter, flip_pose
-from .bags import Bag, BagError, TopicSelection, expand_bag_paths, select_topics
-from .clips import auto_max_gap_ns, sample_clips, split_masks, static_mask
+from .bags import (
+    Bag,
+    BagError,
+    GtTopics,
+    PoseSource,
+    TopicSelection,
+    expand_bag_paths,
+    resolve_gt_topics,
+    select_topics,
+)
+from .batch import to_model_batch
+from .clips import auto_max_gap_ns, sample_clips, split_clips, static_mask
 from .dataset import ClipDataset, DataConfig, Frame, FrameSequence, iter_frames, load_stores, make_datasets
 from .frames import FrameStore, default_cache_dir, load_frames
 
@@ -70,6 +81,8 @@ __all__ = [
     "Frame",
     "FrameSequence",
     "FrameStore",
+    "GtTopics",
+    "PoseSource",
     "TopicSelection",
     "auto_max_gap_ns",
     "default_cache_dir",
@@ -79,8 +92,10 @@ __all__ = [
     "load_frames",
     "load_stores",
     "make_datasets",
+    "resolve_gt_topics",
     "sample_clips",
     "select_topics",
-    "split_masks",
+    "split_clips",
     "static_mask",
+    "to_model_batch",
 ]

@@ -19,6 +19,26 @@ Topic auto-detection (:func:`select_topics`), when no image topic is given:
 
 The camera_info topic, when not given, is the image topic's sibling, else the only
 ``CameraInfo`` topic in the bag.
+
+Ground truth (:func:`resolve_gt_topics`, used by ``dualdepth eval`` and the ablation study):
+
+* **depth**: the topic given, else the config's, else ``/gt/depth``, else the one ``Image``
+  topic in a depth encoding (``32FC1``, ``16UC1``, ``64FC1``); several: an error listing them.
+  Its grid is the rectified camera image's (same size; a ``camera_info`` beside the depth
+  topic, such as ``/gt/camera_info``, must describe that grid).
+* **pose** of the camera: a *pose source* is a topic, or ``TOPIC:CHILD_FRAME`` for a ``/tf``
+  stream (the transforms whose ``child_frame_id`` is ``CHILD_FRAME``). Accepted message types
+  are ``PoseStamped``, ``PoseWithCovarianceStamped``, ``Odometry``, ``TransformStamped`` and
+  ``tf2_msgs/TFMessage`` (:data:`POSE_TYPES`); every one gives ``T_child_to_parent``, the pose
+  of the child frame in the message's frame. Auto-detection: the given source, else the
+  config's, else ``/gt/pose``, else the candidates that describe the *camera*: pose topics
+  (``PoseStamped``, ``PoseWithCovarianceStamped``: they name no child frame), and odometry,
+  transforms and TF whose child frame is the image's ``header.frame_id``. One candidate is
+  used; several are an error listing them; none means no pose (ATE skipped), and the reason
+  names topics that describe another frame (an odometry of ``base_link`` is not the camera's
+  pose: its axes differ from the optical frame's, and the ATE would compare different
+  trajectories).
+* **moving mask**: the topic given, else the config's, else ``/gt/moving_mask`` if present.
 """
 
 from __future__ import annotations
@@ -29,9 +49,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rosbags.highlevel import AnyReader
 
-from ..bagio import stamp_to_ns, typestore
+from ..bagio import pose_to_matrix, quaternion_to_rotation, stamp_to_ns, typestore
 from ..errors import DualDepthError
 from ..images import COLOUR_ENCODINGS
 
@@ -40,25 +61,39 @@ __all__ = [
     "COMPRESSED_IMAGE",
     "CAMERA_INFO",
     "POSE_TYPES",
+    "DEFAULT_GT_TOPICS",
+    "DEPTH_ENCODINGS",
     "BagError",
     "TopicSelection",
+    "PoseSource",
     "Bag",
     "expand_bag_paths",
     "bag_fingerprint",
     "header_stamp_ns",
+    "pose_samples",
     "select_topics",
+    "GtTopics",
+    "find_pose_sources",
+    "resolve_gt_topics",
 ]
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)
-#: Message types accepted for a ground-truth pose topic (all carry ``pose`` [``.pose``]).
-POSE_TYPES = (
-    "geometry_msgs/msg/PoseStamped",
-    "geometry_msgs/msg/PoseWithCovarianceStamped",
-    "nav_msgs/msg/Odometry",
-)
+POSE_STAMPED = "geometry_msgs/msg/PoseStamped"
+POSE_WITH_COVARIANCE = "geometry_msgs/msg/PoseWithCovarianceStamped"
+ODOMETRY = "nav_msgs/msg/Odometry"
+TRANSFORM_STAMPED = "geometry_msgs/msg/TransformStamped"
+TF_MESSAGE = "tf2_msgs/msg/TFMessage"
+#: Message types accepted for a ground-truth pose (module docstring); TF needs a child frame.
+POSE_TYPES = (POSE_STAMPED, POSE_WITH_COVARIANCE, ODOMETRY, TRANSFORM_STAMPED, TF_MESSAGE)
+#: Topic names used when present and no other is given (``dualdepth make-sample`` records them).
+DEFAULT_GT_TOPICS = {"gt_depth": "/gt/depth", "gt_pose": "/gt/pose", "gt_moving_mask": "/gt/moving_mask"}
+#: Image encodings of a depth map (auto-detection of the GT depth topic).
+DEPTH_ENCODINGS = ("32FC1", "16UC1", "64FC1")
+#: TF messages read to find the child frames of a ``/tf`` topic.
+TF_SCAN_MESSAGES = 500
 
 
 class BagError(DualDepthError):
@@ -130,6 +165,59 @@ class TopicSelection:
     gt_depth: str | None = None
     gt_pose: str | None = None
     gt_moving_mask: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PoseSource:
+    """Where camera poses come from: a topic, and for a TF stream the child frame to follow.
+
+    Written ``TOPIC`` or ``TOPIC:CHILD_FRAME`` (:meth:`parse`, :meth:`__str__`); ROS topic
+    names cannot contain ``:``.
+    """
+
+    topic: str
+    child_frame: str | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> PoseSource:
+        topic, sep, child = str(spec).partition(":")
+        return cls(topic, child if sep and child else None)
+
+    def __str__(self) -> str:
+        return f"{self.topic}:{self.child_frame}" if self.child_frame else self.topic
+
+
+def _transform_matrix(tf: Any) -> np.ndarray:
+    """4×4 of a ``geometry_msgs/Transform`` (translation, rotation quaternion)."""
+    r, t = tf.rotation, tf.translation
+    T = np.eye(4)
+    T[:3, :3] = quaternion_to_rotation([r.x, r.y, r.z, r.w])
+    T[:3, 3] = [t.x, t.y, t.z]
+    return T
+
+
+def pose_samples(msg: Any, msgtype: str, child_frame: str | None, log_ns: int) -> list[tuple[int, np.ndarray]]:
+    """``(stamp ns, 4×4 T_child_to_parent)`` of every pose in one message of a :data:`POSE_TYPES` type.
+
+    A TF message gives one sample per transform whose ``child_frame_id`` is ``child_frame``
+    (none when it holds no such transform); the other types give one sample each. Stamps are
+    header stamps (the log time when a header stamp is 0).
+    """
+    if msgtype == TF_MESSAGE:
+        return [
+            (header_stamp_ns(t, log_ns), _transform_matrix(t.transform))
+            for t in msg.transforms
+            if child_frame is not None and _frame(t.child_frame_id) == _frame(child_frame)
+        ]
+    if msgtype == TRANSFORM_STAMPED:
+        return [(header_stamp_ns(msg, log_ns), _transform_matrix(msg.transform))]
+    pose = msg.pose.pose if msgtype in (POSE_WITH_COVARIANCE, ODOMETRY) else msg.pose
+    return [(header_stamp_ns(msg, log_ns), pose_to_matrix(pose))]
+
+
+def _frame(name: str) -> str:
+    """A tf2 frame id without a leading slash (ROS 1 style ``/camera`` equals ``camera``)."""
+    return str(name).lstrip("/")
 
 
 class Bag:
@@ -277,7 +365,16 @@ def select_topics(
         return name
 
     gt_depth = check(gt_depth_topic, "ground-truth depth", (IMAGE,))
-    gt_pose = check(gt_pose_topic, "ground-truth pose", POSE_TYPES)
+    gt_pose = None
+    if gt_pose_topic is not None:
+        source = PoseSource.parse(gt_pose_topic)
+        check(source.topic, "ground-truth pose", POSE_TYPES)
+        if topics[source.topic][0] == TF_MESSAGE and not source.child_frame:
+            raise fail(
+                f"{source.topic} is a TF stream; name the camera's frame as {source.topic}:CHILD_FRAME "
+                "(the transforms whose child_frame_id is the camera's optical frame)"
+            )
+        gt_pose = str(source)
     gt_mask = check(gt_moving_mask_topic, "moving-object mask", (IMAGE,))
     if image_topic is not None:
         image = check(image_topic, "image", IMAGE_TYPES)
@@ -324,3 +421,159 @@ def select_topics(
     if info is not None and topics[info][1] == 0:
         raise fail(f"camera_info topic {info!r} has no messages; give explicit intrinsics fx,fy,cx,cy instead")
     return TopicSelection(image, topics[image][0], info, gt_depth, gt_pose, gt_mask)
+
+
+# ---------------------------------------------------------------------------------------
+# Ground-truth topics
+# ---------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class GtTopics:
+    """The ground truth found in one bag (:func:`resolve_gt_topics`).
+
+    Attributes
+    ----------
+    gt_depth, gt_pose, gt_moving_mask : topic (pose: :class:`PoseSource` spec) or None.
+    notes : role → why it is absent or how it was found (``"auto-detected PoseStamped"``…).
+    """
+
+    gt_depth: str | None
+    gt_pose: str | None
+    gt_moving_mask: str | None
+    notes: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def __getitem__(self, role: str) -> str | None:
+        return getattr(self, role)
+
+
+def find_pose_sources(bag: Bag, camera_frame: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """Pose sources of an open bag that describe the camera whose images have ``camera_frame``.
+
+    Returns
+    -------
+    candidates : ``(spec, message type)`` of every source that fits (module docstring).
+    others : one line per pose source of another frame (``"/odom: Odometry of base_link"``).
+    """
+    candidates: list[tuple[str, str]] = []
+    others: list[str] = []
+    for name, (ty, count) in sorted(bag.topics().items()):
+        if ty not in POSE_TYPES or count == 0 or name.endswith("/tf_static"):
+            continue
+        short = ty.rsplit("/", 1)[-1]
+        if ty in (POSE_STAMPED, POSE_WITH_COVARIANCE):
+            candidates.append((name, short))
+        elif ty in (ODOMETRY, TRANSFORM_STAMPED):
+            child = _frame(getattr(bag.first_message(name), "child_frame_id", ""))
+            if child == _frame(camera_frame):
+                candidates.append((name, short))
+            else:
+                others.append(f"{name}: {short} of {child or '(no child frame)'}")
+        else:
+            children: set[str] = set()
+            gen = bag.messages([name])
+            try:
+                for k, (_, _, msg) in enumerate(gen):
+                    children.update(_frame(t.child_frame_id) for t in msg.transforms)
+                    if k + 1 >= TF_SCAN_MESSAGES:
+                        break
+            finally:
+                gen.close()
+            if _frame(camera_frame) in children:
+                candidates.append((str(PoseSource(name, _frame(camera_frame))), f"{short} child"))
+            elif children:
+                others.append(f"{name}: TF of {', '.join(sorted(children))}")
+    return candidates, others
+
+
+def resolve_gt_topics(
+    bag_path: str | os.PathLike,
+    *,
+    gt_depth_topic: str | None = None,
+    gt_pose_topic: str | None = None,
+    gt_moving_mask_topic: str | None = None,
+    image_topic: str | None = None,
+    preferred: dict[str, str | None] | None = None,
+    require_depth: bool = False,
+) -> GtTopics:
+    """The ground-truth topics to use from one bag (rules in the module docstring).
+
+    A given topic is taken as is (:func:`select_topics` checks it later and lists the bag's
+    topics when it is missing). ``preferred`` (e.g. the training config's topics) is used
+    when the bag has it. ``image_topic`` helps find the camera's frame (auto-detected
+    otherwise).
+
+    Raises
+    ------
+    BagError : several depth topics or several pose sources fit (the message lists them), or
+        ``require_depth`` and no depth topic is found; the message lists the bag's topics.
+    """
+    preferred = dict(preferred or {})
+    given = {"gt_depth": gt_depth_topic, "gt_pose": gt_pose_topic, "gt_moving_mask": gt_moving_mask_topic}
+    out: dict[str, str | None] = {}
+    notes: dict[str, str] = {}
+    with Bag(bag_path) as bag:
+        topics = bag.topics()
+
+        def fail(problem: str) -> BagError:
+            return BagError(f"bag {bag.path}: {problem}. Topics in the bag:\n{bag.describe_topics()}")
+
+        def present(spec: str | None, types: Sequence[str]) -> bool:
+            if not spec:
+                return False
+            topic = PoseSource.parse(spec).topic
+            return topic in topics and topics[topic][0] in types and topics[topic][1] > 0
+
+        types = {"gt_depth": (IMAGE,), "gt_pose": POSE_TYPES, "gt_moving_mask": (IMAGE,)}
+
+        def usable(role: str, spec: str | None) -> bool:
+            if not present(spec, types[role]):
+                return False
+            source = PoseSource.parse(str(spec))  # a TF stream is a pose only with a child frame
+            return role != "gt_pose" or topics[source.topic][0] != TF_MESSAGE or source.child_frame is not None
+
+        for role in ("gt_depth", "gt_pose", "gt_moving_mask"):
+            out[role] = None
+            if given[role]:
+                out[role] = given[role]
+                notes[role] = "given"
+                continue
+            for cand, how in ((preferred.get(role), "from the config"), (DEFAULT_GT_TOPICS[role], "default name")):
+                if usable(role, cand):
+                    out[role] = cand
+                    notes[role] = how
+                    break
+        if out["gt_depth"] is None:
+            cands = []
+            for name, (ty, count) in sorted(topics.items()):
+                if ty == IMAGE and count > 0 and name != out["gt_moving_mask"]:
+                    first = bag.first_message(name)
+                    if first is not None and getattr(first, "encoding", "") in DEPTH_ENCODINGS:
+                        cands.append(name)
+            if len(cands) == 1:
+                out["gt_depth"] = cands[0]
+                notes["gt_depth"] = "auto-detected (the only depth image topic)"
+            elif cands:
+                raise fail(f"several depth image topics ({', '.join(cands)}); choose one with --gt-depth-topic")
+            else:
+                notes["gt_depth"] = (
+                    f"the bag has no ground-truth depth ({DEFAULT_GT_TOPICS['gt_depth']} or a sensor_msgs/Image "
+                    f"in {'/'.join(DEPTH_ENCODINGS)}); name one with --gt-depth-topic"
+                )
+                if require_depth:
+                    raise fail(f"no ground-truth depth topic: {notes['gt_depth']}")
+        if out["gt_pose"] is None:
+            sel = select_topics(bag, image_topic=image_topic, need_camera_info=False)
+            first = bag.first_message(sel.image)
+            camera_frame = str(getattr(getattr(first, "header", None), "frame_id", "") or "")
+            cands, others = find_pose_sources(bag, camera_frame)
+            if len(cands) == 1:
+                out["gt_pose"] = cands[0][0]
+                notes["gt_pose"] = f"auto-detected {cands[0][1]}"
+            elif cands:
+                listed = ", ".join(f"{spec} ({ty})" for spec, ty in cands)
+                raise fail(f"several ground-truth pose sources fit ({listed}); choose one with --gt-pose-topic")
+            else:
+                why = f"no pose of the camera frame {camera_frame!r}"
+                notes["gt_pose"] = why + (f" ({'; '.join(others)})" if others else "")
+        if out["gt_moving_mask"] is None:
+            notes["gt_moving_mask"] = "none"
+    return GtTopics(out["gt_depth"], out["gt_pose"], out["gt_moving_mask"], notes)

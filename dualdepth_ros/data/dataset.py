@@ -19,10 +19,10 @@ from torch.utils.data import Dataset
 from ..config import coerce_section
 from ..errors import DualDepthError
 from ..geometry import Intrinsics, relative_pose
-from ..preprocess import RESIZE_MODES, Preprocessor
+from ..preprocess import DEFAULT_RESIZE_MODE, RESIZE_MODES, Preprocessor
 from .augment import ColorJitter, flip_pose
 from .bags import expand_bag_paths
-from .clips import auto_max_gap_ns, sample_clips, split_masks, static_mask
+from .clips import auto_max_gap_ns, sample_clips, split_clips, static_mask
 from .frames import FrameStore, default_cache_dir, load_frames
 
 __all__ = ["DataConfig", "load_stores", "ClipDataset", "make_datasets", "Frame", "FrameSequence", "iter_frames"]
@@ -41,22 +41,29 @@ class DataConfig:
     image_topic, camera_info_topic : None to auto-detect (:func:`.bags.select_topics`).
     intrinsics : ``"fx,fy,cx,cy"`` of the incoming images; replaces camera_info.
     gt_depth_topic, gt_pose_topic, gt_moving_mask_topic : optional ground truth (32FC1 metres
-        or 16UC1 mm; PoseStamped/PoseWithCovarianceStamped/Odometry; mono8 non-zero = moving).
+        or 16UC1 mm; a pose source of :mod:`.bags` — PoseStamped, PoseWithCovarianceStamped,
+        Odometry, TransformStamped, or ``/tf:CHILD_FRAME``; mono8 non-zero = moving).
 
     Preprocessing
     -------------
-    resize_mode : see :mod:`dualdepth_ros.preprocess` (the model input size comes from the
-        training config's ``input`` section). rectify : undistort raw images.
+    resize_mode : ``crop_center`` (default: crop to the model's aspect ratio around the centre,
+        then resize), ``crop_bottom`` (the crop anchored at the bottom) or ``resize`` (the whole
+        image, aspect not kept); see :mod:`dualdepth_ros.preprocess`. The model input size
+        comes from the training config's ``input`` section. rectify : undistort raw images.
     rectify_gt : GT depth/masks are registered with the raw image (default: rectified grid).
 
     Clips
     -----
     frame_offsets : clip offsets in kept frames (must include 0), e.g. ``[-2, -1, 0, 1, 2]``.
-    static_threshold : image motion to the previous frame (median optical flow, pixels at the
-        model input size) needed to keep a frame (0 keeps all).
+        The trainer uses the frames its method needs (``losses.clip_layout``) and requires
+        them to be listed here.
+    static_threshold : image motion to the previous frame (median optical flow, in pixels of
+        the rectified camera image, whatever the model's input size) a frame needs to be kept
+        (0 keeps all).
     max_gap_s : largest time between consecutive frames in a clip; None = 4 × median period.
-    val_fraction, split_gap_s : the last ``val_fraction`` of each bag's time is validation,
-        separated from training by ``split_gap_s`` seconds.
+    val_fraction, val_blocks, split_gap_s : ``val_fraction`` of each bag's clips (moving
+        frames only) are validation, in ``val_blocks`` blocks spread over the drive, separated
+        from training clips by ``split_gap_s`` seconds (:func:`.clips.split_clips`).
 
     Augmentation (training split only)
     ----------------------------------
@@ -75,14 +82,15 @@ class DataConfig:
     gt_depth_topic: str | None = None
     gt_pose_topic: str | None = None
     gt_moving_mask_topic: str | None = None
-    resize_mode: Literal["resize", "crop_bottom", "crop_center"] = "resize"
+    resize_mode: Literal["resize", "crop_bottom", "crop_center"] = DEFAULT_RESIZE_MODE
     rectify: bool = True
     rectify_gt: bool = False
-    frame_offsets: list[int] = dataclasses.field(default_factory=lambda: [-1, 0, 1])
-    static_threshold: float = 0.5
+    frame_offsets: list[int] = dataclasses.field(default_factory=lambda: [-2, -1, 0, 1, 2])
+    static_threshold: float = 1.0
     max_gap_s: float | None = None
     val_fraction: float = 0.1
-    split_gap_s: float = 1.0
+    val_blocks: int = 3
+    split_gap_s: float = 0.5
     color_aug: bool = True
     color_aug_p: float = 0.5
     brightness: float = 0.2
@@ -110,6 +118,10 @@ class DataConfig:
                 raise DualDepthError(f"data.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.max_gap_s is not None and self.max_gap_s <= 0:
             raise DualDepthError(f"data.max_gap_s must be positive, got {self.max_gap_s}")
+        if self.val_blocks < 1:
+            raise DualDepthError(f"data.val_blocks must be at least 1, got {self.val_blocks}")
+        if self.split_gap_s < 0 or self.static_threshold < 0:
+            raise DualDepthError("data.split_gap_s and data.static_threshold must not be negative")
         return self
 
     @classmethod
@@ -174,16 +186,20 @@ def load_stores(
     return stores
 
 
-def _clips_of(store: FrameStore, config: DataConfig, split: str) -> tuple[np.ndarray, dict[str, int]]:
+def _clips_of(store: FrameStore, config: DataConfig, split: str) -> tuple[np.ndarray, dict[str, Any]]:
     keep = static_mask(store.motion, config.static_threshold)
     gap = int(config.max_gap_s * _NS) if config.max_gap_s is not None else auto_max_gap_ns(store.stamps)
     clips = sample_clips(store.stamps, keep, config.frame_offsets, gap)
-    stats = {"frames": len(store), "kept": int(keep.sum()), "clips": int(clips.shape[0])}
-    if split != "all" and clips.size:
-        train, val = split_masks(store.stamps, config.val_fraction, int(config.split_gap_s * _NS))
-        member = train if split == "train" else val
-        clips = clips[member[clips].all(axis=1)]
+    stats: dict[str, Any] = {"frames": len(store), "kept": int(keep.sum()), "clips": int(clips.shape[0])}
+    note = ""
+    if split != "all":
+        train, val, note = split_clips(
+            store.stamps, clips, config.val_fraction, int(config.split_gap_s * _NS), config.val_blocks
+        )
+        stats["val"] = int(val.size)
+        clips = clips[train if split == "train" else val]
     stats["in_split"] = int(clips.shape[0])
+    stats["note"] = note
     return clips, stats
 
 
@@ -212,6 +228,7 @@ class ClipDataset(Dataset):
         split: Literal["train", "val", "all"] = "train",
         augment: bool | None = None,
         gt_all_frames: bool = False,
+        epipolar: bool = False,
     ) -> None:
         if split not in ("train", "val", "all"):
             raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
@@ -220,6 +237,8 @@ class ClipDataset(Dataset):
         self.split = split
         self.augment = (split == "train") if augment is None else bool(augment)
         self.gt_all_frames = bool(gt_all_frames)
+        self.epipolar = bool(epipolar)
+        self._epipolar_cache: dict[tuple[int, int, int], np.ndarray | None] = {}
         self.offsets = [int(o) for o in config.frame_offsets]
         self._centre = self.offsets.index(0)
         self.jitter = ColorJitter(config.brightness, config.contrast, config.saturation, config.hue, config.color_aug_p)
@@ -234,22 +253,58 @@ class ClipDataset(Dataset):
         self._frames = np.concatenate(frames) if frames else np.zeros((0, k), np.int64)
         if len(self) == 0 and split != "val":
             raise DualDepthError(f"no usable {split} clips of {k} frames ({self.offsets}):\n{self.describe()}")
-        if len(self) == 0:
-            log.warning("the validation split is empty:\n%s", self.describe())
+
+    def totals(self) -> dict[str, int]:
+        """Frames, moving (kept) frames, clips, validation clips and clips in this split, over all bags."""
+        keys = ("frames", "kept", "clips", "val", "in_split")
+        return {k: int(sum(st.get(k, 0) for st in self.stats)) for k in keys}
+
+    def threshold_text(self) -> str:
+        """The still-camera rule in words, e.g. ``median optical flow ≥ 1 px of the 320x96 camera image``."""
+        sizes = sorted({f"{s.source_width}x{s.source_height}" for s in self.stores})
+        return (
+            f"median optical flow >= data.static_threshold = {self.config.static_threshold:g} px of the "
+            f"{'/'.join(sizes)} camera image"
+        )
+
+    def validation_note(self) -> str:
+        """Why a bag has no validation clips (one line; empty when every bag has some)."""
+        notes = [f"{store.bag.name}: {st['note']}" for store, st in zip(self.stores, self.stats) if st.get("note")]
+        return "; ".join(notes)
 
     def describe(self) -> str:
-        """Per bag: frames, moving (kept) frames, clips, clips in this split."""
+        """Per bag: frames, moving (kept) frames and the rule, clips, clips in this split."""
         lines = []
         for store, st in zip(self.stores, self.stats):
             hint = " — the camera never moves (or static_threshold is too high)" if st["kept"] < 2 else ""
+            val = f", {st['val']} set aside for validation" if st.get("val") and self.split == "train" else ""
             lines.append(
-                f"  {store.bag}: {st['frames']} frames, {st['kept']} moving, {st['clips']} clips, "
-                f"{st['in_split']} in {self.split}{hint}"
+                f"  {store.bag}: {st['frames']} frames, {st['kept']} moving ({self.threshold_text()}), "
+                f"{st['clips']} clips of {len(self.offsets)} frames{val}, {st['in_split']} in {self.split}{hint}"
             )
         return "\n".join(lines)
 
     def __len__(self) -> int:
         return int(self._frames.shape[0])
+
+    def _epipolar_motions(self, store: FrameStore, frames: np.ndarray, centre: int, flip: bool) -> dict:
+        """``("epipolar", a, b)``: ``T_a_to_b`` with unit translation from the images alone (NaN if unsure),
+        for each adjacent pair of the clip; see :mod:`.epipolar` (cached per frame pair).
+        """
+        from .epipolar import epipolar_motion
+
+        K = store.K(centre).matrix()
+        out = {}
+        sid = self.stores.index(store)
+        order = sorted(zip(self.offsets, frames))
+        for (a, fa), (b, fb) in zip(order, order[1:]):
+            key = (sid, int(fa), int(fb))
+            if key not in self._epipolar_cache:
+                self._epipolar_cache[key] = epipolar_motion(np.asarray(store.rgb[fa]), np.asarray(store.rgb[fb]), K)
+            T = self._epipolar_cache[key]
+            t = torch.full((4, 4), float("nan")) if T is None else torch.from_numpy(T)
+            out[("epipolar", a, b)] = flip_pose(t) if (flip and T is not None) else t
+        return out
 
     def drop_clips_without_pose(self) -> int:
         """Keep only clips whose every frame has a recorded pose (``pose.source: topic``); returns how many went."""
@@ -300,6 +355,8 @@ class ClipDataset(Dataset):
             for o, f in zip(self.offsets, frames):
                 T = relative_pose(P0, torch.from_numpy(np.asarray(store.gt_pose[f]))[None])[0]
                 item[("gt_pose", o)] = (flip_pose(T) if flip else T).float()
+        if self.epipolar:
+            item.update(self._epipolar_motions(store, frames, centre, flip))
         item["stamp"] = int(store.stamps[centre])
         item["index"] = int(index)
         item["flipped"] = bool(flip)
@@ -337,6 +394,9 @@ class Frame:
     gt_pose : 4×4 float64 pose as recorded (e.g. ``T_camera_to_world``) or None.
     moving_mask : ``h×w`` bool, True on moving objects, or None.
     moving : False for a frame that static-frame removal would drop.
+    gt_depth_native : ``H×W`` float32 metres on the ground truth's own grid (the rectified
+        camera image; 0 = invalid), where evaluation scores it; or None.
+    gt_intrinsics : the intrinsics of that grid (``W × H``), or None.
     """
 
     index: int
@@ -349,6 +409,8 @@ class Frame:
     gt_pose: np.ndarray | None
     moving_mask: np.ndarray | None
     moving: bool
+    gt_depth_native: np.ndarray | None = None
+    gt_intrinsics: Intrinsics | None = None
 
 
 class FrameSequence(Sequence[Frame]):
@@ -399,6 +461,8 @@ class FrameSequence(Sequence[Frame]):
             gt_pose=pose,
             moving_mask=(np.asarray(s.gt_moving[j]) != 0) if s.gt_moving is not None else None,
             moving=bool(self._moving[j]),
+            gt_depth_native=np.array(s.gt_depth_native[j]) if s.gt_depth_native is not None else None,
+            gt_intrinsics=s.source_K(j) if s.gt_depth_native is not None else None,
         )
 
     def __iter__(self) -> Iterator[Frame]:

@@ -7,6 +7,15 @@ intrinsics, header stamp, its image motion relative to the previous frame (for s
 detection, :func:`frame_motion`) and the ground truth that matches it by header stamp
 (depth in metres, moving mask, pose).
 
+The image motion is measured on the *rectified camera image* (before the resize/crop; images
+wider than :data:`MOTION_MAX_WIDTH` are analysed at that width and the result scaled back), in
+pixels of that image: it does not depend on the model's input size, so the same drive keeps
+the same frames whatever size a model trains at.
+
+Ground-truth depth is kept twice: at the model's input size (nearest neighbour, for training
+clips and temporal stability) and on its own grid, the rectified camera image
+(``gt_depth_native``), where evaluation scores it.
+
 The cache lives on disk (raw ``uint8``/``float32`` arrays opened with ``numpy.memmap``, so
 many bags need little RAM) under ``cache_dir/<bag>-<hash>/<key>/``, where the key hashes the
 bag's absolute path, the size and mtime of every file in it, the requested topics and
@@ -33,18 +42,29 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..bagio import pose_to_matrix
 from ..geometry import Intrinsics
 from ..images import ImageDecodeError, decode_image
-from ..preprocess import FrameDecodeError, PreprocessError, Preprocessor
-from .bags import Bag, BagError, TopicSelection, bag_fingerprint, header_stamp_ns, select_topics
+from ..preprocess import CameraModel, FrameDecodeError, PreprocessError, Preprocessor
+from .bags import (
+    CAMERA_INFO,
+    Bag,
+    BagError,
+    PoseSource,
+    TopicSelection,
+    bag_fingerprint,
+    header_stamp_ns,
+    pose_samples,
+    select_topics,
+)
 
-__all__ = ["STORE_VERSION", "default_cache_dir", "FrameStore", "load_frames", "frame_motion"]
+__all__ = ["STORE_VERSION", "MOTION_MAX_WIDTH", "default_cache_dir", "FrameStore", "load_frames", "frame_motion"]
 
 log = logging.getLogger(__name__)
 
 #: Bumped when the layout or content of a cache entry changes.
-STORE_VERSION = 2
+STORE_VERSION = 3
+#: Images wider than this are downscaled to it to measure their motion (:func:`frame_motion`).
+MOTION_MAX_WIDTH = 640
 
 
 def default_cache_dir() -> Path:
@@ -86,6 +106,16 @@ def _motions(rgb: np.ndarray) -> np.ndarray:
     return out
 
 
+def _analysis_grey(rgb: np.ndarray) -> tuple[np.ndarray, float]:
+    """Grey image for :func:`frame_motion` and the camera pixels per analysis pixel."""
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    h, w = grey.shape
+    if w <= MOTION_MAX_WIDTH:
+        return grey, 1.0
+    size = (MOTION_MAX_WIDTH, max(1, int(round(h * MOTION_MAX_WIDTH / w))))
+    return cv2.resize(grey, size, interpolation=cv2.INTER_AREA), w / MOTION_MAX_WIDTH
+
+
 @dataclasses.dataclass
 class FrameStore:
     """All frames of one bag after preprocessing, in header-stamp order.
@@ -98,9 +128,13 @@ class FrameStore:
     rgb : ``N×h×w×3`` uint8 RGB (memmap when cached on disk).
     stamps : ``N`` int64 header stamps, ns, non-decreasing.
     intrinsics : ``N×4`` float64 ``fx, fy, cx, cy`` at ``width × height``.
-    motion : ``N`` float32 median image motion to the previous frame, pixels at ``width ×
-        height`` (:func:`frame_motion`; NaN for the first frame and when unknown).
+    motion : ``N`` float32 median image motion to the previous frame, in pixels of the
+        rectified camera image (:func:`frame_motion`; NaN for the first frame and when unknown).
+    source_width, source_height : size of the rectified camera image (before resize/crop).
+    source_intrinsics : ``N×4`` float64 ``fx, fy, cx, cy`` of the rectified camera image.
     gt_depth : ``N×h×w`` float32 metres, 0 = invalid/absent, or None without a depth topic.
+    gt_depth_native : ``N×H×W`` float32 metres on the GT's own grid, the rectified camera
+        image (``source_width × source_height``), 0 = invalid/absent; or None.
     gt_moving : ``N×h×w`` uint8, non-zero on moving objects, or None without a mask topic.
     gt_pose : ``N×4×4`` float64 poses from the pose topic (as recorded: the pose of the
         message's child frame in its ``header.frame_id``), NaN where no pose matched; or None.
@@ -121,6 +155,10 @@ class FrameStore:
     gt_depth: np.ndarray | None = None
     gt_moving: np.ndarray | None = None
     gt_pose: np.ndarray | None = None
+    source_width: int = 0
+    source_height: int = 0
+    source_intrinsics: np.ndarray | None = None
+    gt_depth_native: np.ndarray | None = None
     frame_id: str = ""
     n_messages: int = 0
     decoded: int = 0
@@ -135,21 +173,30 @@ class FrameStore:
         fx, fy, cx, cy = (float(v) for v in self.intrinsics[i])
         return Intrinsics(fx, fy, cx, cy, self.width, self.height)
 
+    def source_K(self, i: int) -> Intrinsics:
+        """Intrinsics of frame ``i``'s rectified camera image (the ground truth's grid)."""
+        fx, fy, cx, cy = (float(v) for v in self.source_intrinsics[i])
+        return Intrinsics(fx, fy, cx, cy, self.source_width, self.source_height)
+
     # Memmaps are reopened after unpickling (DataLoader workers with the spawn method)
     # instead of being copied into every worker.
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         if self.cache_path is not None:
-            for name in ("rgb", "gt_depth", "gt_moving"):
+            for name in ("rgb", "gt_depth", "gt_moving", "gt_depth_native"):
                 if isinstance(state[name], np.memmap):
                     state[name] = ("memmap", state[name].shape, str(state[name].dtype))
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        for name in ("rgb", "gt_depth", "gt_moving"):
+        for name in ("rgb", "gt_depth", "gt_moving", "gt_depth_native"):
             v = state.get(name)
             if isinstance(v, tuple) and v and v[0] == "memmap":
-                state[name] = np.memmap(state["cache_path"] / f"{name}.raw", dtype=v[2], mode="r", shape=v[1])
+                npy = state["cache_path"] / f"{name}.npy"  # GT arrays are .npy files, the images raw
+                if npy.exists():
+                    state[name] = np.load(npy, mmap_mode="r")
+                else:
+                    state[name] = np.memmap(state["cache_path"] / f"{name}.raw", dtype=v[2], mode="r", shape=v[1])
         self.__dict__.update(state)
 
 
@@ -264,6 +311,29 @@ def _match(stamps: np.ndarray, stamp: int, tolerance: int) -> int | None:
     return None if best is None else best[1]
 
 
+def _gt_grid_check(bag: Bag, gt_topic: str, K_src: Intrinsics) -> None:
+    """A ``camera_info`` beside the GT depth topic must describe the rectified camera's grid."""
+    info_topic = gt_topic.rsplit("/", 1)[0] + "/camera_info"
+    topics = bag.topics()
+    if info_topic not in topics or topics[info_topic][0] != CAMERA_INFO or topics[info_topic][1] == 0:
+        return
+    info = bag.first_message(info_topic)
+    try:
+        K_gt = CameraModel.from_camera_info(info).rectified
+    except PreprocessError as err:
+        raise BagError(f"bag {bag.path}, topic {info_topic}: {err}") from None
+    same = (K_gt.width, K_gt.height) == (K_src.width, K_src.height) and np.allclose(
+        K_gt.as_tuple()[:4], K_src.as_tuple()[:4], rtol=1e-6, atol=1e-6
+    )
+    if not same:
+        raise BagError(
+            f"bag {bag.path}: {info_topic} describes the ground truth's grid as {K_gt.width}x{K_gt.height} "
+            f"(fx {K_gt.fx:g}, cx {K_gt.cx:g}, cy {K_gt.cy:g}) but the rectified camera image is "
+            f"{K_src.width}x{K_src.height} (fx {K_src.fx:g}, cx {K_src.cx:g}, cy {K_src.cy:g}); ground-truth depth "
+            "must lie on the rectified camera's grid (register it to the camera image first)"
+        )
+
+
 def _build(
     bag_path: Path,
     pre: Preprocessor,
@@ -282,24 +352,29 @@ def _build(
             need_camera_info=pre.explicit_intrinsics is None,
         )
         n_msgs = bag.topics()[sel.image][1]
+        pose_source = PoseSource.parse(sel.gt_pose) if sel.gt_pose else None
         # Pass 1: the small messages (camera infos, poses).
         infos: list[tuple[int, int, Any]] = []
         poses: list[tuple[int, np.ndarray]] = []
-        small = [t for t in (sel.camera_info, sel.gt_pose) if t]
+        small = [t for t in (sel.camera_info, pose_source.topic if pose_source else None) if t]
+        pose_type = bag.topics()[pose_source.topic][0] if pose_source else ""
         for topic, log_ns, msg in bag.messages(small) if small else ():
             if topic == sel.camera_info:
                 infos.append((header_stamp_ns(msg, log_ns), log_ns, msg))
-            else:
-                pose = getattr(msg, "pose", msg)
-                poses.append((header_stamp_ns(msg, log_ns), pose_to_matrix(getattr(pose, "pose", pose))))
+            if pose_source is not None and topic == pose_source.topic:
+                poses.extend(pose_samples(msg, pose_type, pose_source.child_frame, log_ns))
         if sel.camera_info and pre.explicit_intrinsics is None and not infos:
             raise BagError(f"bag {bag_path}: camera_info topic {sel.camera_info} has no messages")
         info_for = _InfoLookup(infos)
-        # Pass 2: the images.
+        # Pass 2: the images, and their motion on the rectified camera image.
         rgb_sink = _Sink(out_dir / "rgb.raw" if out_dir else None, np.uint8)
         stamps: list[int] = []
         logs: list[int] = []
         Ks: list[tuple[float, ...]] = []
+        Ks_src: list[tuple[float, ...]] = []
+        motion: list[float] = []
+        source_size: tuple[int, int] | None = None
+        prev_grey: np.ndarray | None = None
         frame_id = ""
         bad: list[str] = []
         try:
@@ -307,16 +382,29 @@ def _build(
                 stamp = header_stamp_ns(msg, log_ns)
                 info = info_for(stamp, log_ns)
                 try:
-                    rgb, K = pre.prepare(msg, info)
+                    full, K_src = pre.rectified(msg, info)
                 except FrameDecodeError as err:
                     bad.append(str(err))
                     continue
                 except PreprocessError as err:
                     raise BagError(f"bag {bag_path}, topic {sel.image}: {err}") from None
-                rgb_sink.append(rgb)
+                if source_size is None:
+                    source_size = (K_src.width, K_src.height)
+                elif source_size != (K_src.width, K_src.height):
+                    raise BagError(
+                        f"bag {bag_path}, topic {sel.image}: the image size changes from "
+                        f"{source_size[0]}x{source_size[1]} to {K_src.width}x{K_src.height}"
+                    )
+                plan = pre.plan(K_src.width, K_src.height)
+                K = plan.intrinsics(K_src)
+                rgb_sink.append(plan.apply(full))
+                grey, px = _analysis_grey(full)
+                motion.append(frame_motion(prev_grey, grey) * px if prev_grey is not None else float("nan"))
+                prev_grey = grey
                 stamps.append(stamp)
                 logs.append(log_ns)
                 Ks.append((K.fx, K.fy, K.cx, K.cy))
+                Ks_src.append((K_src.fx, K_src.fy, K_src.cx, K_src.cy))
                 frame_id = frame_id or str(getattr(getattr(msg, "header", None), "frame_id", "") or "")
                 if progress is not None:
                     progress(k + 1, n_msgs)
@@ -324,24 +412,33 @@ def _build(
             rgb_sink.close()
         if bad:
             log.warning("%s: %d of %d images could not be decoded (first: %s)", bag_path, len(bad), n_msgs, bad[0])
-        if not stamps:
+        if not stamps or source_size is None:
             detail = f" (first error: {bad[0]})" if bad else ""
             raise BagError(f"bag {bag_path}: no usable frames on {sel.image}{detail}")
+        src_w, src_h = source_size
         rgb = rgb_sink.finish((pre.height, pre.width, 3))
         order = np.argsort(np.asarray(stamps, dtype=np.int64), kind="stable")
         sorted_stamps = np.asarray(stamps, dtype=np.int64)[order]
         period = int(np.median(np.diff(sorted_stamps))) if sorted_stamps.size > 1 else 0
         tolerance = period // 4
+        if sel.gt_depth:
+            K0 = Ks_src[0]
+            _gt_grid_check(bag, sel.gt_depth, Intrinsics(*K0, src_w, src_h))
         # Pass 3: the per-pixel ground truth (matched by header stamp).
-        gt: dict[str, np.ndarray | None] = {"gt_depth": None, "gt_moving": None}
+        gt: dict[str, np.ndarray | None] = {"gt_depth": None, "gt_moving": None, "gt_depth_native": None}
         for key, topic, dtype in (("gt_depth", sel.gt_depth, np.float32), ("gt_moving", sel.gt_moving_mask, np.uint8)):
             if topic is None:
                 continue
-            shape = (len(stamps), pre.height, pre.width)
-            if out_dir is not None:
-                arr = np.lib.format.open_memmap(out_dir / f"{key}.npy", mode="w+", dtype=dtype, shape=shape)
-            else:
-                arr = np.zeros(shape, dtype)
+            names = [key, "gt_depth_native"] if key == "gt_depth" else [key]
+            shapes = {key: (len(stamps), pre.height, pre.width), "gt_depth_native": (len(stamps), src_h, src_w)}
+            arrs = {}
+            for name in names:
+                if out_dir is not None:
+                    arrs[name] = np.lib.format.open_memmap(
+                        out_dir / f"{name}.npy", mode="w+", dtype=dtype, shape=shapes[name]
+                    )
+                else:
+                    arrs[name] = np.zeros(shapes[name], dtype)
             matched = 0
             for _, log_ns, msg in bag.messages([topic]):
                 stamp = header_stamp_ns(msg, log_ns)
@@ -350,27 +447,36 @@ def _build(
                     continue
                 idx = int(order[j])
                 info = info_for(int(stamps[idx]), int(logs[idx]))
+                rectify = bool(request.get("rectify_gt"))
                 try:
                     m = _depth_metres(msg) if key == "gt_depth" else decode_image(msg)
-                    m = pre.prepare_map(m, info, rectify=bool(request.get("rectify_gt")))
+                    native = pre.prepare_map(m, info, rectify=rectify, full_size=True) if key == "gt_depth" else None
+                    m = pre.prepare_map(m, info, rectify=rectify)
                 except (FrameDecodeError, ImageDecodeError) as err:
                     log.warning("%s: skipping a %s message: %s", bag_path, topic, err)
                     continue
                 except PreprocessError as err:
                     raise BagError(f"bag {bag_path}, topic {topic}: {err}") from None
                 if key == "gt_depth":
+                    if native.shape != (src_h, src_w):
+                        raise BagError(
+                            f"bag {bag_path}, topic {topic}: ground-truth depth is {native.shape[1]}x{native.shape[0]} "
+                            f"but the camera image is {src_w}x{src_h}; it must lie on the camera image's grid"
+                        )
                     m = np.where(np.isfinite(m) & (m > 0), m, 0.0)
+                    arrs["gt_depth_native"][idx] = np.where(np.isfinite(native) & (native > 0), native, 0.0)
                 else:
                     m = (m != 0).astype(np.uint8) if m.ndim == 2 else (m.max(axis=-1) != 0).astype(np.uint8)
-                arr[idx] = m
+                arrs[key][idx] = m
                 matched += 1
             if matched == 0:
                 log.warning("%s: no %s message matched an image stamp", bag_path, topic)
-            if out_dir is not None:
-                arr.flush()
-                del arr
-                arr = np.load(out_dir / f"{key}.npy", mmap_mode="r")
-            gt[key] = arr
+            for name, arr in arrs.items():
+                if out_dir is not None:
+                    arr.flush()
+                    del arr
+                    arrs[name] = np.load(out_dir / f"{name}.npy", mmap_mode="r")
+                gt[name] = arrs[name]
     gt_pose = None
     if sel.gt_pose:
         gt_pose = np.full((len(stamps), 4, 4), np.nan)
@@ -380,6 +486,8 @@ def _build(
             j = _match(pose_stamps[porder], int(s), tolerance) if pose_stamps.size else None
             if j is not None:
                 gt_pose[i] = poses[int(porder[j])][1]
+        if not np.isfinite(gt_pose).all(axis=(1, 2)).any():
+            log.warning("%s: no %s pose matched an image stamp", bag_path, sel.gt_pose)
     store = FrameStore(
         bag=bag_path,
         topics=sel,
@@ -388,16 +496,29 @@ def _build(
         rgb=rgb,
         stamps=np.asarray(stamps, dtype=np.int64),
         intrinsics=np.asarray(Ks, dtype=np.float64),
-        motion=np.zeros(0, np.float32),
+        motion=np.asarray(motion, dtype=np.float32),
         gt_depth=gt["gt_depth"],
         gt_moving=gt["gt_moving"],
         gt_pose=gt_pose,
+        source_width=src_w,
+        source_height=src_h,
+        source_intrinsics=np.asarray(Ks_src, dtype=np.float64),
+        gt_depth_native=gt["gt_depth_native"],
         frame_id=frame_id,
         n_messages=n_msgs,
         decoded=len(stamps),
     )
-    store = _sort_by_stamp(store, order)
-    store.motion = _motions(store.rgb)
+    if not np.array_equal(order, np.arange(order.size)):
+        store = _sort_by_stamp(store, order)
+        # The motion was measured in arrival order; measure it again in stamp order, on the stored
+        # frames (the full-size images are gone), converted to camera pixels by the plan's scale.
+        plan = pre.plan(src_w, src_h)
+        store.motion = (_motions(store.rgb) * (plan.in_width / plan.scaled_width)).astype(np.float32)
+        log.warning(
+            "%s: frames out of stamp order; their motion was measured at the model's input size and scaled "
+            "to camera pixels (the still-camera filter may then differ slightly between input sizes)",
+            bag_path,
+        )
     return store
 
 
@@ -406,7 +527,16 @@ def _sort_by_stamp(store: FrameStore, order: np.ndarray) -> FrameStore:
     if np.array_equal(order, np.arange(order.size)):
         return store
     log.warning("%s: image header stamps are not in recording order; sorting by stamp", store.bag)
-    for name in ("rgb", "gt_depth", "gt_moving", "stamps", "intrinsics", "gt_pose"):
+    for name in (
+        "rgb",
+        "gt_depth",
+        "gt_moving",
+        "stamps",
+        "intrinsics",
+        "gt_pose",
+        "source_intrinsics",
+        "gt_depth_native",
+    ):
         arr = getattr(store, name)
         if arr is not None:
             setattr(store, name, np.array(arr[order]))
@@ -423,11 +553,12 @@ def _save_meta(store: FrameStore, out_dir: Path, request: dict[str, Any], key: s
         intrinsics=store.intrinsics,
         motion=store.motion,
         gt_pose=store.gt_pose if store.gt_pose is not None else np.zeros((0, 4, 4)),
+        source_intrinsics=store.source_intrinsics,
     )
     if not isinstance(store.rgb, np.memmap):
         # The rows were reordered in memory by _sort_by_stamp: write them out again.
         store.rgb.tofile(out_dir / "rgb.raw")
-        for name in ("gt_depth", "gt_moving"):
+        for name in ("gt_depth", "gt_moving", "gt_depth_native"):
             arr = getattr(store, name)
             if arr is not None:
                 np.save(out_dir / f"{name}.npy", np.asarray(arr))
@@ -438,6 +569,8 @@ def _save_meta(store: FrameStore, out_dir: Path, request: dict[str, Any], key: s
         "n": len(store),
         "width": store.width,
         "height": store.height,
+        "source_width": store.source_width,
+        "source_height": store.source_height,
         "frame_id": store.frame_id,
         "n_messages": store.n_messages,
         "has_gt_depth": store.gt_depth is not None,
@@ -454,9 +587,11 @@ def _load_entry(entry: Path, bag_path: Path) -> FrameStore:
     rgb = np.memmap(entry / "rgb.raw", dtype=np.uint8, mode="r", shape=(n, h, w, 3))
     gt_depth = np.load(entry / "gt_depth.npy", mmap_mode="r") if meta["has_gt_depth"] else None
     gt_moving = np.load(entry / "gt_moving.npy", mmap_mode="r") if meta["has_gt_moving"] else None
-    for arr in (gt_depth, gt_moving):
-        if arr is not None and arr.shape != (n, h, w):
-            raise ValueError(f"cached array has shape {arr.shape}, expected {(n, h, w)}")
+    sw, sh = int(meta["source_width"]), int(meta["source_height"])
+    native = np.load(entry / "gt_depth_native.npy", mmap_mode="r") if meta["has_gt_depth"] else None
+    for arr, shape in ((gt_depth, (n, h, w)), (gt_moving, (n, h, w)), (native, (n, sh, sw))):
+        if arr is not None and arr.shape != shape:
+            raise ValueError(f"cached array has shape {arr.shape}, expected {shape}")
     return FrameStore(
         bag=bag_path,
         topics=TopicSelection(**meta["topics"]),
@@ -469,6 +604,10 @@ def _load_entry(entry: Path, bag_path: Path) -> FrameStore:
         gt_depth=gt_depth,
         gt_moving=gt_moving,
         gt_pose=small["gt_pose"] if meta["has_gt_pose"] else None,
+        source_width=sw,
+        source_height=sh,
+        source_intrinsics=small["source_intrinsics"],
+        gt_depth_native=native,
         frame_id=meta["frame_id"],
         n_messages=int(meta["n_messages"]),
         decoded=0,

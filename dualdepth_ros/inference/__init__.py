@@ -9,12 +9,16 @@ Data flow::
 
 Modules: :mod:`.metadata` (``model.json``, ``metadata_props``), :mod:`.backend` (the interface,
 :class:`ModelError`, input checks), :mod:`.selection` (``open_backend``, the ``auto`` rule),
-:mod:`.onnxruntime_backend`, :mod:`.torch_backend`, :mod:`.weights` (``weights.pt``),
-:mod:`.export` and :mod:`.cli` (``dualdepth export``).
+:mod:`.tensorrt_backend` (engine cache use, name-based binding, running), :mod:`.tensorrt_build`
+(the engine build), :mod:`.engine_cache` (keys, sidecars, the use/build/refuse decision),
+:mod:`.tensorrt_cuda` (the tensorrt module and CUDA memory), :mod:`.onnxruntime_backend`,
+:mod:`.torch_backend`, :mod:`.weights` (``weights.pt``), :mod:`.export` and :mod:`.cli`
+(``dualdepth export [--engine]``).
 
-Importing this package imports neither torch nor rosbags (nor onnxruntime): the runtime path
-(metadata, preprocessing, ONNX Runtime) works on a machine without them. torch is imported only
-by the torch backend and the exporter.
+Importing this package imports neither torch nor rosbags (nor onnxruntime, nor TensorRT): the
+runtime path (metadata, preprocessing, ONNX Runtime, TensorRT) works on a machine without torch.
+torch is imported only by the torch backend, the exporter and — where it is installed with CUDA —
+as the TensorRT backend's source of CUDA memory (else cuda-python or pycuda).
 """
 
 from .backend import BACKEND_NAMES, Backend, BackendUnavailableError, InferenceResult, ModelError

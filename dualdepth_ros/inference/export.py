@@ -61,7 +61,14 @@ from .metadata import (
 )
 from .weights import depth_state_dict, save_weights, state_dict_sha256
 
-__all__ = ["VERIFY_BOUNDS", "FORBIDDEN_OPS", "metadata_from_checkpoint", "export_onnx", "export_model"]
+__all__ = [
+    "VERIFY_BOUNDS",
+    "FORBIDDEN_OPS",
+    "metadata_from_checkpoint",
+    "export_onnx",
+    "export_model",
+    "export_resized",
+]
 
 #: Ops that would make the graph's work or shapes depend on the data (control flow, data-sized outputs);
 #: ``Sequence*`` ops are refused as well.
@@ -426,3 +433,61 @@ def export_model(
     finally:
         net.train(was_training)
     return md
+
+
+def export_resized(
+    model_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    width: int,
+    height: int,
+    overwrite: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> ModelMetadata:
+    """Export an existing model folder again at another input size, from its ``weights.pt``.
+
+    The same weights (their ``weights_sha256`` is checked against ``model.json``), per-branch
+    outputs and precision; ``training_intrinsics`` (given at the old size) is dropped. Used where
+    a model folder but no checkpoint is at hand (``dualdepth bench infer`` at 640×192). The new
+    folder is checked and published like :func:`export_model`'s.
+    """
+    from ..networks import ExportModule
+    from .metadata import load_metadata
+    from .weights import load_weights
+
+    log = log or (lambda _line: None)
+    src = Path(model_dir)
+    md = load_metadata(src)
+    if int(width) < 1 or int(height) < 1:
+        raise DualDepthError(f"the input size must be positive, got {width}x{height}")
+    out = Path(out_dir)
+    _prepare_out(out, overwrite)
+    net, info = load_weights(src / WEIGHTS_FILE)
+    if info.get("weights_sha256") != md.weights_sha256:
+        raise ModelError(f"{src / WEIGHTS_FILE} does not hold the weights {src / METADATA_FILE} describes")
+    new = dataclasses.replace(
+        md,
+        input_width=int(width),
+        input_height=int(height),
+        training_intrinsics=None,
+        training_hfov_deg=None,
+        package_version=__version__,
+        onnx_sha256=_PLACEHOLDER,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        served = net if md.precision == "fp32" else copy.deepcopy(net).half()
+        module = ExportModule(served, per_branch=md.per_branch, precision=md.precision)
+        log(f"exporting {src} again at {width}x{height} {md.precision} (opset {new.opset}) …")
+        export_onnx(module, tmp / MODEL_FILE, new)
+        new = dataclasses.replace(new, onnx_sha256=file_sha256(tmp / MODEL_FILE))
+        new.validate()
+        new.write_json(tmp / METADATA_FILE)
+        shutil.copy2(src / WEIGHTS_FILE, tmp / WEIGHTS_FILE)
+        _verify(tmp, new, ExportModule(net, per_branch=True).eval(), log)
+        _publish(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return new

@@ -15,10 +15,12 @@ fp16 on CUDA and fp32 on the CPU; ONNX Runtime runs ``model.onnx`` as exported (
 export --precision fp16`` writes a float16 graph with float32 input and outputs). Whenever the
 precision that runs differs from the one asked for, the reason says so.
 
-TensorRT: this version has no TensorRT runtime; ``auto`` reports it as unavailable and an
-explicit ``backend="tensorrt"`` is a :class:`ModelError` (see :func:`_open_tensorrt`, the hook
-where the TensorRT backend plugs in). This module imports neither torch nor onnxruntime until
-a candidate needs it.
+TensorRT (:mod:`.tensorrt_backend`) needs the ``tensorrt`` module, CUDA memory (torch with
+CUDA, cuda-python or pycuda) and a GPU; without them ``auto`` says which is missing and moves
+on, and an explicit ``backend="tensorrt"`` is a :class:`ModelError` listing why. Its engine is
+cached beside the model (:mod:`.engine_cache`): ``engine_path``, ``force_engine_update`` and
+``allow_engine_build`` control it. This module imports neither torch, onnxruntime nor TensorRT
+until a candidate needs it.
 """
 
 from __future__ import annotations
@@ -53,12 +55,33 @@ def _model_dir(path: str | os.PathLike) -> Path:
 
 
 def _open_tensorrt(model_dir: Path, metadata: ModelMetadata, opts: dict) -> tuple[Backend, str | None]:
-    """The TensorRT candidate (the hook for the TensorRT backend); unavailable in this version."""
-    if importlib.util.find_spec("tensorrt") is None:
-        raise BackendUnavailableError("the tensorrt Python module is not importable here")
-    raise BackendUnavailableError(
-        "TensorRT is installed, but this version of dualdepth_ros has no TensorRT backend yet"
+    """The TensorRT candidate: :class:`~.tensorrt_backend.TensorRTBackend` with the engine-cache options.
+
+    Unavailable (the next candidate is tried) when the tensorrt module, CUDA memory or a GPU is
+    missing; a refused or failing engine is a :class:`ModelError` (``auto`` stops there: a
+    mismatched plan never gives way silently to a slower backend).
+    """
+    try:  # the cheap check first: auto on a machine without TensorRT
+        found = importlib.util.find_spec("tensorrt") is not None
+    except (ImportError, ValueError):  # a broken or stubbed-out module
+        found = False
+    if not found:
+        from .tensorrt_cuda import TENSORRT_INSTALL_HINT
+
+        raise BackendUnavailableError(f"the tensorrt Python module is not importable here; {TENSORRT_INSTALL_HINT}")
+    from .tensorrt_backend import TensorRTBackend
+
+    backend = TensorRTBackend(
+        model_dir,
+        metadata,
+        precision=opts["precision"],
+        per_branch=opts["per_branch"],
+        engine_path=opts["engine_path"],
+        force_engine_update=opts["force_engine_update"],
+        allow_engine_build=opts["allow_engine_build"],
+        log=opts["log"],
     )
+    return backend, None
 
 
 def _open_onnxruntime(model_dir: Path, metadata: ModelMetadata, device: str, opts: dict) -> tuple[Backend, str | None]:
@@ -128,8 +151,11 @@ def open_backend(
     device : ``auto`` | ``cpu`` | ``cuda``.
     threads : CPU intra-op threads (ONNX Runtime session; torch: process-wide); None = default.
     per_branch : :meth:`~Backend.infer` also returns each branch's outputs.
-    engine_path, force_engine_update, allow_engine_build : TensorRT engine cache options
-        (accepted for the TensorRT backend; unused by the others).
+    engine_path : TensorRT plan location: None/``""`` = the model folder's cache, a folder, or
+        a plan file (its sidecar beside it, ``.json``) (:mod:`.engine_cache`).
+    force_engine_update : TensorRT: rebuild the engine even when the cached one matches.
+    allow_engine_build : TensorRT: False = never build; a missing or mismatched engine is a
+        :class:`ModelError` naming the mismatch. (Unused by the other backends.)
     log : receives human-readable lines (the choice, the reasons).
     compile : torch backend on CUDA: ``torch.compile`` (None = try, fall back to eager; True =
         required; False = eager).

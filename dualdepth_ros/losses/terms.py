@@ -7,6 +7,7 @@ Registration order is evaluation order.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -24,7 +25,17 @@ from .photometric import masked_mean
 from .registry import loss_term
 from .two_branch import confidence_loss, two_branch_terms
 
-__all__ = ["photometric", "structure", "smoothness", "temporal", "featuremetric", "two_branch", "confidence"]
+__all__ = [
+    "photometric",
+    "structure",
+    "smoothness",
+    "temporal",
+    "featuremetric",
+    "two_branch",
+    "confidence",
+    "pose_prior",
+    "scale_anchor",
+]
 
 
 @loss_term(
@@ -215,3 +226,54 @@ def confidence(ctx: LossContext, cfg: Any) -> dict[str, torch.Tensor]:
             sel = sel + sl / len(grids) / len(scales)
             cal = cal + cl / len(grids) / len(scales)
     return {"conf_selection": sel, "conf_calibration": cal}
+
+
+@loss_term(
+    "pose_prior",
+    weights={"pose_prior": "weight"},
+    source="ours: two-view geometry of the images (five-point RANSAC, data/epipolar.py); odometry-free",
+)
+def pose_prior(ctx: LossContext, cfg: Any) -> dict[str, torch.Tensor]:
+    """PoseNet rotation and translation direction against the images' own epipolar geometry.
+
+    Per adjacent pair with an estimate (``("epipolar", a, b)`` in the batch, NaN where RANSAC was
+    unsure): ``‖R − R̂‖_F / √2 + ‖t/|t| − t̂‖`` (each ≈ the angle in radians for small errors). The
+    translation's length, which two images cannot give, is left to the photometric loss.
+    """
+    total, count = 0.0, 0.0
+    for a, b in ctx.layout.pose_pairs:
+        prior = ctx.batch.get(("epipolar", a, b))
+        if prior is None:
+            continue
+        prior = prior.float().to(ctx.device)
+        ok = torch.isfinite(prior).flatten(1).all(1).float()
+        prior = torch.nan_to_num(prior)
+        T = ctx.T(a, b)
+        rot = (T[:, :3, :3] - prior[:, :3, :3]).flatten(1).norm(dim=1) / 2**0.5
+        t = T[:, :3, 3]
+        direction = t / t.norm(dim=1, keepdim=True).clamp(min=1e-4)
+        total = total + ok * (rot + (direction - prior[:, :3, 3]).norm(dim=1))
+        count = count + ok
+    return {"pose_prior": total / torch.as_tensor(count).clamp(min=1.0)}
+
+
+@loss_term(
+    "scale_anchor",
+    weights={"scale_anchor": "weight"},
+    enabled=lambda cfg: cfg.loss.scale_anchor.enabled and cfg.pose.source == "network",
+    source="ours (the gauge of monocular SfM, cf. Wang et al. 2018 depth normalisation)",
+)
+def scale_anchor(ctx: LossContext, cfg: Any) -> dict[str, torch.Tensor]:
+    """Fix the one free global scale: the batch's mean translation per frame at ``translation`` model units.
+
+    Depth and the PoseNet's translations are known only up to one common factor; left free it can
+    drift until depth saturates at the head's limits (``1/(10σ + 0.01)`` ∈ [0.1, 100]), where its
+    gradient vanishes. This pins that factor, ``(log mean |t| − log t₀)²`` over every pair of the
+    batch (the same value for every sample), and nothing else: the ratios between the pairs' motions
+    (speed changes) and all of depth stay free, and depth takes whatever scale the motion has. It is
+    put on the motion, not on depth, because a mean over depth pixels can be met by pushing pixels
+    that no loss sees (image borders) to the far limit.
+    """
+    ts = torch.stack([ctx.T(a, b)[:, :3, 3].norm(dim=1) for a, b in ctx.layout.pose_pairs])
+    value = (torch.log(ts.mean().clamp(min=1e-6)) - math.log(cfg.translation)) ** 2
+    return {"scale_anchor": value.expand(ctx.bsz)}

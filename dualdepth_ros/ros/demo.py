@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - one linear script
     from ..inference import load_metadata
     from .params import default_model_dir
     from .player import Player, load_stream
-    from .scoring import EvaluationReport, Example, mosaic_rows, save_png
+    from .scoring import Example, GroundTruthScorer, mosaic_rows, save_png
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
@@ -253,8 +253,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - one linear script
     image_by_stamp = {f.stamp_ns: f.image for f in stream.frames}
 
     # Accuracy of what was published, against the ground truth of the same stamps.
-    metric = args.scale_mode != "none"
-    report = EvaluationReport(metric_scale=1.0 if metric else None)
+    scorer = GroundTruthScorer(pre, metric=args.scale_mode != "none")
     from ..images import decode_image
 
     examples = []
@@ -265,9 +264,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - one linear script
         c_msg = conf_by_stamp.get(stamp)
         c = np.array(decode_image(c_msg), dtype=np.float32) if c_msg is not None else None
         if stamp in gt and stamp in info_by_stamp:
-            g = pre.prepare_map(gt[stamp], info_by_stamp[stamp])
-            g = g.astype(np.float32) / 1000.0 if g.dtype == np.uint16 else g.astype(np.float32)
-            report.add(d, g, confidence=c, mask=np.isfinite(d))
+            scorer.add(d, c, gt[stamp], info_by_stamp[stamp])
         if i in picks and stamp in image_by_stamp:
             rgb, _ = pre.prepare(image_by_stamp[stamp], info_by_stamp[stamp])
             examples.append(Example(i, stamp, rgb, d, c, None))
@@ -292,7 +289,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - one linear script
         for stamp, topic, m in sorted(rows, key=lambda r: r[0]):
             bag.write_raw(topic, serialize_message(m), stamp)
 
-    acc = report.summary()
+    acc = scorer.summary()
     summary = {
         "bag": str(args.bag),
         "out": str(out),
@@ -347,10 +344,10 @@ def format_summary(s: dict[str, Any], args: argparse.Namespace) -> str:
     ]
     acc = s["accuracy"]
     if acc["n_images"]:
-        from .scoring import format_depth_table
+        from .scoring import format_evaluation
 
         lines.append(f"\naccuracy of the published depth against {args.gt_depth_topic} (valid pixels):")
-        lines.append(format_depth_table(acc))
+        lines.append(format_evaluation(acc))
         ratio = (acc.get("scale_ratio") or {}).get("median")
         if ratio and s["scale_mode"] != "none":
             lines.append(

@@ -37,6 +37,7 @@ import numpy as np
 
 from ..bagio import CAMERA_INFO, IMAGE, BagWriter, camera_info_msg, image_msg, stamp_to_ns, typestore
 from ..errors import DualDepthError
+from ..images import ImageDecodeError
 from ..preprocess import PreprocessError
 from .params import BACKENDS, DEFAULTS, PRECISIONS, ParameterError, load_params_file, validate
 from .processing import BackendError, FrameOutput, FrameProcessor, ScaleUnknownError, open_model_backend
@@ -56,24 +57,17 @@ def output_topics(namespace: str = "") -> dict[str, str]:
     }
 
 
-def _depth_metres(array: np.ndarray) -> np.ndarray:
-    """A GT depth map in metres: ``16UC1``/``mono16`` are millimetres (REP 118), floats are metres."""
-    if array.dtype == np.uint16:
-        return array.astype(np.float32) / 1000.0
-    return array.astype(np.float32)
-
-
 class _Scorer:
     """Pairs published depths with GT depths of the same stamp (either may come first) and scores them."""
 
     def __init__(self, processor: FrameProcessor, metric: bool) -> None:
-        from .scoring import EvaluationReport
+        from .scoring import GroundTruthScorer
 
-        self.processor = processor
-        self.report = EvaluationReport(metric_scale=1.0 if metric else None)
+        self.scorer = GroundTruthScorer(processor.preprocessor, metric)
+        self.report = self.scorer.report
         self.pred: dict[int, tuple[FrameOutput, Any]] = {}
         self.gt: dict[int, Any] = {}
-        self.unmatched_gt_errors = 0
+        self.unusable_gt = 0
 
     def prediction(self, stamp: int, out: FrameOutput, info: Any) -> None:
         self.pred[stamp] = (out, info)
@@ -88,11 +82,9 @@ class _Scorer:
             return
         (out, info), msg = self.pred.pop(stamp), self.gt.pop(stamp)
         try:
-            gt = _depth_metres(self.processor.preprocessor.prepare_map(msg, info))
-        except PreprocessError:
-            self.unmatched_gt_errors += 1
-            return
-        self.report.add(out.depth, gt, confidence=out.confidence, mask=np.isfinite(out.depth))
+            self.scorer.add(out.depth, out.confidence, msg, info)
+        except (PreprocessError, ImageDecodeError):
+            self.unusable_gt += 1
 
     def forget_before(self, stamp: int) -> None:
         """Drop unpaired entries far behind ``stamp`` (bounded memory on long bags)."""
@@ -239,6 +231,7 @@ def infer_bag(
     if scorer is not None:
         summary["gt_depth_topic"] = sel.gt_depth
         summary["accuracy"] = scorer.report.summary()
+        summary["gt_unusable"] = scorer.unusable_gt
     return summary
 
 
@@ -398,10 +391,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append("skipped: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skipped.items()))
     acc = summary.get("accuracy")
     if acc is not None:
-        from .scoring import format_depth_table
+        from .scoring import format_evaluation
 
         lines.append(f"\naccuracy against {summary['gt_depth_topic']} (published depth, valid pixels only):")
-        lines.append(format_depth_table(acc) if acc["n_images"] else "no frame had valid ground truth")
+        lines.append(format_evaluation(acc) if acc["n_images"] else "no frame had valid ground truth")
     return "\n".join(lines)
 
 

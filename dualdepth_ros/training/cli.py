@@ -38,8 +38,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--intrinsics", metavar="FX,FY,CX,CY", help="intrinsics of the recorded images when the bag has no camera_info"
     )
-    p.add_argument("--gt-depth-topic", help="ground-truth depth topic (validation metrics only, never trained on)")
-    p.add_argument("--gt-pose-topic", help="ground-truth pose topic (evaluation of the PoseNet only)")
+    p.add_argument(
+        "--gt-depth-topic", help="ground-truth depth topic (validation metrics by eval's protocol; never trained on)"
+    )
+    p.add_argument(
+        "--gt-pose-topic", help="ground-truth camera pose topic, or TOPIC:CHILD_FRAME for TF (validation only)"
+    )
     p.add_argument(
         "--pose-topic",
         help="train with the motion from this pose topic (PoseStamped, Odometry …) instead of the PoseNet "

@@ -1,6 +1,8 @@
 """Training logs: TensorBoard (every loss term, images) and a console progress bar with ETA.
 
-Only the main process (rank 0) writes; other ranks get a logger that does nothing.
+Only the main process (rank 0) writes; other ranks get a logger that does nothing. Depth and
+confidence images are coloured by :mod:`dualdepth_ros.evaluation.plots` (the package's one
+colouriser, :meth:`RunLogger.depth_image`).
 """
 
 from __future__ import annotations
@@ -10,31 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-__all__ = ["RunLogger", "colorize_inverse_depth"]
+from ..evaluation.plots import colorize_confidence, colorize_inverse_depth
 
-
-def colorize_inverse_depth(depth: torch.Tensor | np.ndarray, conf: bool = False) -> np.ndarray:
-    """``H×W`` depth (or confidence with ``conf=True``) → ``3×H×W`` uint8 RGB for TensorBoard.
-
-    Depth is shown as inverse depth normalised by its 95th percentile (near = bright), the
-    usual self-supervised-depth visualisation; confidence is shown as grey levels in [0, 1].
-    """
-    import cv2
-
-    d = depth.detach().float().cpu().numpy() if isinstance(depth, torch.Tensor) else np.asarray(depth, np.float32)
-    if conf:
-        v = np.clip(d, 0.0, 1.0)
-        cmap = cv2.COLORMAP_VIRIDIS
-    else:
-        inv = np.where(np.isfinite(d) & (d > 0), 1.0 / np.maximum(d, 1e-6), 0.0)
-        hi = np.percentile(inv, 95) if inv.size else 1.0
-        v = np.clip(inv / max(hi, 1e-6), 0.0, 1.0)
-        cmap = cv2.COLORMAP_MAGMA
-    bgr = cv2.applyColorMap((v * 255).astype(np.uint8), cmap)
-    return bgr[:, :, ::-1].transpose(2, 0, 1).copy()
+__all__ = ["RunLogger"]
 
 
 class RunLogger:
@@ -74,8 +56,19 @@ class RunLogger:
             self.writer.add_scalar(f"{prefix}/{k}", float(v), step)
 
     def image(self, step: int, tag: str, chw_uint8: np.ndarray) -> None:
+        """Log a ``3×H×W`` uint8 RGB image."""
         if self.enabled:
             self.writer.add_image(tag, chw_uint8, step, dataformats="CHW")
+
+    def depth_image(self, step: int, tag: str, values: Any, confidence: bool = False) -> None:
+        """Log an ``H×W`` depth map (inverse depth, near = bright) or, with ``confidence``, a map in [0, 1].
+
+        Coloured by :func:`~dualdepth_ros.evaluation.plots.colorize_inverse_depth` /
+        :func:`~dualdepth_ros.evaluation.plots.colorize_confidence`, as ``dualdepth eval``'s mosaics.
+        """
+        if self.enabled:
+            rgb = colorize_confidence(values) if confidence else colorize_inverse_depth(values)
+            self.writer.add_image(tag, rgb, step, dataformats="HWC")
 
     def progress(self, n: int = 1, **postfix: Any) -> None:
         if self.bar is not None:

@@ -39,15 +39,16 @@ from ..config import (
     register_section,
 )
 from ..data import ClipDataset, DataConfig, load_stores
+from ..data.batch import to_model_batch
 from ..errors import DualDepthError
 from ..losses import SelfSupervisedLoss, clip_layout
 from ..networks import DepthModel, count_parameters
 from . import distributed
 from .checkpoint import atomic_save, load_checkpoint, make_checkpoint, rng_state, set_rng_state
 from .memory import MemoryPlan, plan_micro_batch
-from .runlog import RunLogger, colorize_inverse_depth
+from .runlog import RunLogger
 
-__all__ = ["TrainSection", "Trainer", "to_model_batch", "train"]
+__all__ = ["TrainSection", "Trainer", "train"]
 
 
 @dataclasses.dataclass
@@ -101,26 +102,6 @@ register_section("train", TrainSection)
 # ---------------------------------------------------------------------------------------
 # Data plumbing
 # ---------------------------------------------------------------------------------------
-def to_model_batch(items: Mapping[Any, Any], device: torch.device, channels_last: bool = False) -> dict[Any, Any]:
-    """A collated :class:`~dualdepth_ros.data.ClipDataset` batch → the losses' batch layout.
-
-    ``("color", o)`` → ``("color", o, 0)``, ``("color_aug", o)`` → ``("color_aug", o, 0)``,
-    ``"K"`` → ``("K", 0)``; ground truth keys are kept as they are.
-    """
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    out: dict[Any, Any] = {}
-    for key, value in items.items():
-        if isinstance(key, tuple) and key[0] in ("color", "color_aug"):
-            out[(key[0], key[1], 0)] = value.to(device, non_blocking=True).contiguous(memory_format=fmt)
-        elif key == "K":
-            out[("K", 0)] = value.to(device, non_blocking=True)
-        elif isinstance(value, torch.Tensor):
-            out[key] = value.to(device, non_blocking=True)
-        else:
-            out[key] = value
-    return out
-
-
 class _SeededClips(Dataset):
     """Makes a clip's random augmentation a function of ``(seed, epoch, index)`` only."""
 
@@ -182,6 +163,14 @@ class Trainer:
 
         self.layout = clip_layout(cfg)
         offsets = sorted(self.layout.frames)
+        missing = sorted(set(offsets) - {int(o) for o in self.data_cfg.frame_offsets})
+        if missing:
+            raise DualDepthError(
+                f"data.frame_offsets {list(self.data_cfg.frame_offsets)} lacks {missing}: this method's clips need "
+                f"frames {offsets} ({'the two-branch rule' if cfg.loss.two_branch.enabled else 'single branch'}); "
+                f"set data.frame_offsets: {offsets}"
+            )
+        self.configured_offsets = [int(o) for o in self.data_cfg.frame_offsets]
         if sorted(self.data_cfg.frame_offsets) != offsets:
             self.data_cfg = dataclasses.replace(self.data_cfg, frame_offsets=offsets)
         self._check_run_dir(resume)
@@ -194,8 +183,9 @@ class Trainer:
             torch.distributed.barrier()
         gt_depth_all = cfg.model.depth_source == "ground_truth"
         self._check_ground_truth_sources(stores)
-        self.train_set = ClipDataset(stores, self.data_cfg, "train", gt_all_frames=gt_depth_all)
-        self.val_set = ClipDataset(stores, self.data_cfg, "val", gt_all_frames=gt_depth_all)
+        epipolar = cfg.loss.pose_prior.enabled and cfg.loss.pose_prior.weight > 0
+        self.train_set = ClipDataset(stores, self.data_cfg, "train", gt_all_frames=gt_depth_all, epipolar=epipolar)
+        self.val_set = ClipDataset(stores, self.data_cfg, "val", gt_all_frames=gt_depth_all, epipolar=epipolar)
         self.stores = stores
         if cfg.pose.source == "topic":
             for split in (self.train_set, self.val_set):
@@ -206,9 +196,13 @@ class Trainer:
         bs = cfg.optim.batch_size
         self.steps_per_epoch = len(self.train_set) // (bs * self.dist.world_size)
         if self.steps_per_epoch == 0:
+            t = self.train_set.totals()
             raise DualDepthError(
                 f"{len(self.train_set)} training clips are fewer than one batch of {bs} × {self.dist.world_size} "
-                f"process(es); lower optim.batch_size or record more data:\n{self.train_set.describe()}"
+                f"process(es): {t['frames']} frames, {t['kept']} moving ({self.train_set.threshold_text()}), "
+                f"{t['clips']} clips of {len(offsets)} frames, {t['val']} of them set aside for validation; lower "
+                "data.static_threshold (still-camera filter), optim.batch_size or data.val_fraction, or record more "
+                f"data:\n{self.train_set.describe()}"
             )
         self.total_steps = self.tc.max_steps or cfg.optim.epochs * self.steps_per_epoch
 
@@ -490,12 +484,12 @@ class Trainer:
         return out
 
     def _validate_gt(self) -> dict[str, Any]:
-        """Standard depth metrics, AUSE/AURG and temporal stability on the validation frames."""
-        try:
-            from ..evaluate import evaluate_sequence  # the same code as `dualdepth eval`
-        except ImportError:
-            return {}
+        """Standard depth metrics, AUSE/AURG and temporal stability on the validation frames.
+
+        The same code and protocol (``auto``, on the ground truth's own grid) as ``dualdepth eval``.
+        """
         from ..data import FrameSequence
+        from ..evaluation.sequence import evaluate_sequence
         from .checkpoint import LoadedModel
 
         frames = []
@@ -508,9 +502,8 @@ class Trainer:
         if not frames:
             return {}
         loaded = LoadedModel(model=self.model, cfg=self.cfg, data=self.data_cfg, checkpoint={})
-        result = evaluate_sequence(loaded, frames, device=self.device)
-        report = getattr(result, "report", result)
-        return report.summary()
+        summary = evaluate_sequence(loaded, frames, device=self.device).report.summary()
+        return summary if summary["n_images"] else {}
 
     # -- the loop --------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -532,6 +525,8 @@ class Trainer:
             log.write(self.memory_plan.describe())
         elif self.micro_batch < self.cfg.optim.batch_size:
             log.write(f"memory: micro-batch {self.micro_batch} (batch {self.cfg.optim.batch_size} by accumulation)")
+        for line in self._data_banner():
+            log.write("  " + line)
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
         def request_stop(signum: int, frame: Any) -> None:
@@ -593,9 +588,43 @@ class Trainer:
             (self.out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
         return summary
 
+    def _data_banner(self) -> list[str]:
+        """What the data pipeline did: the image preprocessing, the clip layout, the still-camera filter, the split."""
+        t = self.train_set.totals()
+        plans = sorted(
+            {
+                self.data_cfg.preprocessor(self.cfg.input.width, self.cfg.input.height)
+                .plan(st.source_width, st.source_height)
+                .describe()
+                for st in self.stores
+            }
+        )
+        offsets = list(self.layout.frames)
+        rule = "two-branch rule" if self.cfg.loss.two_branch.enabled else "single branch"
+        layout = f"clips: {len(offsets)} frames at offsets {offsets} ({rule})"
+        if sorted(self.configured_offsets) != sorted(offsets):
+            layout += f" of data.frame_offsets {self.configured_offsets}"
+        val = (
+            f"validation: {len(self.val_set)} clips in up to {self.data_cfg.val_blocks} blocks spread over each drive, "
+            f"{self.data_cfg.split_gap_s:g} s from any training clip"
+        )
+        note = self.val_set.validation_note()
+        if not len(self.val_set):
+            val = f"no validation ({note or 'data.val_fraction is 0'}); training on every clip"
+        elif note:
+            val += f" (none from {note})"
+        return [
+            f"images: {'; '.join(plans)} ({self.data_cfg.resize_mode})",
+            layout,
+            f"still-camera filter: {t['kept']} of {t['frames']} frames moving ({self.train_set.threshold_text()})",
+            val,
+        ]
+
     def _run_validation(self, log: RunLogger, final: bool = False) -> None:
         if not self.dist.is_main:
             return
+        if not len(self.val_set):
+            return  # no validation split (said once in the banner): nothing to report, no NaN
         metrics = self.validate()
         self.metrics = {"step": self.step, **metrics, **({"final": True} if final else {})}
         self.history.append({"step": self.step, **metrics})
@@ -605,7 +634,7 @@ class Trainer:
         for k, v in _flatten(metrics.get("val_gt", {})).items():
             flat[k] = v
         log.scalars(self.step, flat, prefix="val")
-        parts = [f"val @ {self.step}: photometric loss {metrics.get('val_loss', {}).get('total', float('nan')):.4f}"]
+        parts = [f"val @ {self.step}: photometric loss {metrics['val_loss']['total']:.4f}"]
         gt = _flatten(metrics.get("val_gt", {}))
         for key, label in (
             ("median_scaled/abs_rel", "AbsRel"),
@@ -626,11 +655,11 @@ class Trainer:
         log.image(
             self.step, "image", (batch[("color", tgt, 0)][0].detach().float().cpu().numpy() * 255).astype(np.uint8)
         )
-        log.image(self.step, "depth_fused", colorize_inverse_depth(outputs[("depth_fused", tgt, 0)][0, 0]))
+        log.depth_image(self.step, "depth_fused", outputs[("depth_fused", tgt, 0)][0, 0])
         for b in range(self.cfg.model.num_branches):
             key = ("conf", tgt, b, 0)
             if key in outputs:
-                log.image(self.step, f"confidence_branch{b}", colorize_inverse_depth(outputs[key][0, 0], conf=True))
+                log.depth_image(self.step, f"confidence_branch{b}", outputs[key][0, 0], confidence=True)
 
 
 def _val_frame_indices(val_set: ClipDataset, store: Any) -> list[int]:
