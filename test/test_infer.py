@@ -86,7 +86,7 @@ def test_depths_equal_the_node_processing_and_accuracy_is_reported(inferred) -> 
     assert summary["images"] == summary["published"] == 100
     acc = summary["accuracy"]
     assert acc["n_images"] == 100
-    assert acc["median_scaled"]["abs_rel"] < 0.75 and acc["metric_scale"]["abs_rel"] > 0
+    assert acc["median_scaled"]["abs_rel"] < 0.5 and acc["metric_scale"]["abs_rel"] > 0
     assert "median-scaled" in proc.stderr and "no median scaling" in proc.stderr  # the table (stdout is JSON)
 
     published = {stamp_to_ns(m.msg.header.stamp): decode_image(m.msg) for m in read_messages(out, ["/depth/image"])}

@@ -116,3 +116,47 @@ def test_camera_height_scale_smoothing_gating_and_restart() -> None:
 def test_invalid_scale_settings_are_refused(kwargs: dict, match: str) -> None:
     with pytest.raises(DualDepthError, match=match):
         ScaleSettings(**kwargs)
+
+
+def test_camera_height_scale_is_metric_when_the_depth_geometry_is_right() -> None:
+    """End to end through FrameProcessor with a depth that has the right geometry (the sample drive's
+    ground truth in arbitrary "model units", ÷ 7.3) and the camera's real height: the published depth is
+    metric: its AbsRel without median scaling is within the issue's 15 % of the median-scaled one (measured
+    0.034 vs 0.031) and the recovered scale is the true one within 3 %. With the shipped, under-trained model
+    the road geometry is wrong and the bound is missed: see test_node_integration.py.
+    """
+    from node_harness import DEFAULT_MODEL, FakeResult, sample_frames, sample_gt
+
+    from dualdepth_ros.inference import load_metadata
+    from dualdepth_ros.ros.params import OutputSettings
+    from dualdepth_ros.ros.processing import FrameProcessor
+    from dualdepth_ros.ros.scoring import GroundTruthScorer, depth_metres
+
+    metadata = load_metadata(DEFAULT_MODEL)
+    frames, gt = sample_frames(), sample_gt()
+    pre = metadata.preprocessor()
+    maps = [pre.prepare_map(depth_metres(gt[f.stamp_ns]), f.info) / 7.3 for f in frames]
+
+    class GroundTruthBackend:
+        name, reason = "ground truth", "test double"
+
+        def __init__(self) -> None:
+            self.metadata = metadata
+            self.i = 0
+
+        def infer(self, image: np.ndarray) -> FakeResult:
+            d = np.where(np.isfinite(maps[self.i]), maps[self.i], np.nan).astype(np.float32)[None, None]
+            self.i += 1
+            return FakeResult(d, np.ones_like(d))
+
+    p = FrameProcessor(GroundTruthBackend(), OutputSettings(), ScaleSettings(camera_height_m=1.5))
+    scorer = GroundTruthScorer(pre, metric=True)
+    for f in frames:
+        out = p.process(f.image, f.info)
+        p.update_scale(out)
+        scorer.add(out.depth, out.confidence, gt[f.stamp_ns], f.info)
+    s = scorer.summary()
+    assert s["n_images"] == 100
+    assert p.scaler.scale == pytest.approx(7.3, rel=0.03)
+    assert s["metric_scale"]["abs_rel"] <= 1.15 * s["median_scaled"]["abs_rel"]
+    assert s["scale_ratio"]["median"] == pytest.approx(1.0, abs=0.03)
