@@ -624,3 +624,82 @@ def test_automask_hides_the_lead_car_and_a_standing_camera_from_the_photometric_
     still[("K", 0)] = batch[("K", 0)]
     mask_still, valid_still = _automask_of(ones, still, out)  # any depth, the moving clip's motion
     assert float(mask_still[valid_still > 0].mean()) < 0.05
+
+
+# ---------------------------------------------------------------------------------------
+# Getting joint depth/pose learning started: the epipolar pose prior and the scale anchor
+# ---------------------------------------------------------------------------------------
+def test_epipolar_motion_recovers_the_synthetic_cameras_rotation_and_direction() -> None:
+    from dualdepth_ros.data.epipolar import epipolar_motion
+    from dualdepth_ros.synth import SynthConfig, World, render_frame
+
+    world = World.from_seed(5, SynthConfig(width=320, height=96, supersample=1))
+    errs_r, errs_t = [], []
+    for t in (2.0, 4.0, 6.0, 8.0):
+        a, b = render_frame(world, t), render_frame(world, t + 0.1)
+        T = epipolar_motion(a.rgb, b.rgb, a.intrinsics.matrix())
+        assert T is not None
+        gt = T_rel(a.T_cam_to_world, b.T_cam_to_world)[0].numpy()
+        cos_r = (np.trace(T[:3, :3].T @ gt[:3, :3]) - 1) / 2
+        errs_r.append(np.degrees(np.arccos(np.clip(cos_r, -1, 1))))
+        cos_t = T[:3, 3] @ gt[:3, 3] / np.linalg.norm(gt[:3, 3])
+        errs_t.append(np.degrees(np.arccos(np.clip(cos_t, -1, 1))))
+        assert abs(np.linalg.norm(T[:3, 3]) - 1.0) < 1e-5
+    assert np.median(errs_r) < 0.5 and np.median(errs_t) < 10.0, (errs_r, errs_t)
+    # no motion, no direction: a standing camera gives no estimate
+    a = render_frame(world, 3.0)
+    assert epipolar_motion(a.rgb, a.rgb, a.intrinsics.matrix()) is None
+
+
+def test_pose_prior_is_zero_at_the_prior_and_grows_with_rotation_and_direction_errors() -> None:
+    from dualdepth_ros.geometry import pose_vec_to_mat
+
+    cfg = load_config(overrides=["loss.pose_prior.enabled=true", "loss.two_branch.gate=false"])
+    lay = clip_layout(cfg)
+    batch, gt = make_clip(offsets=lay.frames)
+    out = _gt_outputs(cfg, batch, gt)
+    for a, b in lay.pose_pairs:  # the prior: the true rotation and the unit translation
+        T = gt["T"][(a, b)].clone()
+        T[:, :3, 3] /= T[:, :3, 3].norm(dim=1, keepdim=True)
+        batch[("epipolar", a, b)] = T
+    _, terms = compute_losses(batch, out, cfg)
+    assert float(terms["pose_prior"]) < 1e-5
+    # the length of the translation is not the prior's business
+    longer = dict(out)
+    for a, b in lay.pose_pairs:
+        T = out[("T", a, b)].clone()
+        T[:, :3, 3] *= 3.0
+        longer[("T", a, b)] = T
+    assert float(compute_losses(batch, longer, cfg)[1]["pose_prior"]) < 1e-5
+    # a 2° rotation error or a 5° direction error shows, about as the angle in radians
+    turned = dict(out)
+    R = pose_vec_to_mat(torch.tensor([[0.0, np.radians(2.0), 0.0, 0.0, 0.0, 0.0]], dtype=torch.float32))
+    for a, b in lay.pose_pairs:
+        turned[("T", a, b)] = R @ out[("T", a, b)]
+    value = float(compute_losses(batch, turned, cfg)[1]["pose_prior"])
+    assert np.radians(2.0) * 0.9 < value < np.radians(2.0) * 2.2 + 0.1, value
+    # a pair without an estimate (NaN) is left out
+    for a, b in lay.pose_pairs:
+        batch[("epipolar", a, b)] = torch.full((1, 4, 4), float("nan"))
+    assert float(compute_losses(batch, turned, cfg)[1]["pose_prior"]) == 0.0
+
+
+def test_scale_anchor_pins_only_the_mean_translation() -> None:
+    cfg = load_config(overrides=["loss.scale_anchor.enabled=true", "loss.two_branch.gate=false"])
+    lay = clip_layout(cfg)
+    batch, gt = make_clip(offsets=lay.frames)
+    out = _gt_outputs(cfg, batch, gt)
+
+    def with_mean_translation(m: float) -> dict:
+        scaled = dict(out)
+        ts = torch.stack([out[("T", a, b)][:, :3, 3].norm(dim=1) for a, b in lay.pose_pairs]).mean()
+        for a, b in lay.pose_pairs:
+            T = out[("T", a, b)].clone()
+            T[:, :3, 3] *= m / ts
+            scaled[("T", a, b)] = T
+        return scaled
+
+    at = float(compute_losses(batch, with_mean_translation(cfg.loss.scale_anchor.translation), cfg)[1]["scale_anchor"])
+    off = float(compute_losses(batch, with_mean_translation(0.3), cfg)[1]["scale_anchor"])
+    assert at < 1e-10
+    assert off == pytest.approx(np.log(0.3 / cfg.loss.scale_anchor.translation) ** 2, rel=1e-4)
