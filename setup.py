@@ -34,6 +34,7 @@ setup(
     entry_points={
         "console_scripts": [
             "dualdepth = dualdepth_ros.cli:main",
+            "depth_node = dualdepth_ros.ros.node:main",
         ],
     },
 )

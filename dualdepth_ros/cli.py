@@ -27,6 +27,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pack": ("dualdepth_ros.training.pack", "strip a training checkpoint into a small model file to ship"),
     "ablate": ("dualdepth_ros.ablation", "run the ablation study (equal budget) and write its table"),
     "eval": ("dualdepth_ros.evaluation.cli", "evaluate a checkpoint on bags with ground-truth depth and/or poses"),
+    "infer": ("dualdepth_ros.ros.infer", "run the depth node's processing over a bag and write a bag with its outputs"),
+    "demo": (
+        "dualdepth_ros.ros.demo",
+        "depth_node as its own process on a recorded drive: outputs, mosaic, latency, accuracy",
+    ),
     "export": (
         "dualdepth_ros.inference.cli",
         "export a checkpoint to ONNX + model.json (+ weights.pt) for the backends",

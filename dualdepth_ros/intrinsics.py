@@ -102,3 +102,25 @@ class Intrinsics:
 
     def as_tuple(self) -> tuple[float, float, float, float, int, int]:
         return (self.fx, self.fy, self.cx, self.cy, self.width, self.height)
+
+    def backproject(self, depth: np.ndarray, rows: slice | None = None) -> np.ndarray:
+        """3-D points (numpy, no torch) of an ``H×W`` z-depth map at this resolution.
+
+        Parameters
+        ----------
+        depth : ``H×W`` z-depth (any unit; NaN/non-positive values give NaN/invalid points).
+        rows : optional row range of the image to back-project (e.g. ``slice(30, None)``).
+
+        Returns
+        -------
+        ``h×W×3`` float32 points ``(X, Y, Z)`` in the camera's optical frame, same unit as
+        ``depth`` (``h`` = rows selected): ``X = (u − cx)·Z / fx``, ``Y = (v − cy)·Z / fy``.
+        """
+        depth = np.asarray(depth, dtype=np.float32)
+        if depth.shape != (self.height, self.width):
+            raise ValueError(f"depth is {depth.shape[::-1]} but the intrinsics are for {self.width}x{self.height}")
+        v0, v1, _ = (rows or slice(None)).indices(self.height)
+        z = depth[v0:v1]
+        u = (np.arange(self.width, dtype=np.float32) - np.float32(self.cx)) / np.float32(self.fx)
+        v = (np.arange(v0, v1, dtype=np.float32) - np.float32(self.cy)) / np.float32(self.fy)
+        return np.stack([u[None, :] * z, v[:, None] * z, z], axis=-1)

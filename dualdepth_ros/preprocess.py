@@ -297,6 +297,9 @@ class CameraModel:
                 "camera_info has an all-zero K matrix (uncalibrated camera); calibrate it or give explicit "
                 "intrinsics fx,fy,cx,cy"
             )
+        for name, values in (("K", K), ("P", P), ("R", R), ("D", D)):
+            if not all(np.isfinite(values)):
+                raise PreprocessError(f"camera_info has non-finite values (NaN/inf) in {name}: {list(values)}")
         if bx > 1 or by > 1 or any(roi):
             raise PreprocessError(
                 f"camera_info uses binning ({bx}x{by}) or a region of interest {roi}; not supported, "

@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "render": ("dualdepth_ros.bench.render", "synthetic-world rendering throughput (frames/s)"),
     "step": ("dualdepth_ros.bench.step", "one training step (forward + backward) per configuration and size"),
     "train": ("dualdepth_ros.bench.train", "end-to-end training throughput (clips/s) with the real trainer"),
+    "node": ("dualdepth_ros.bench.node", "depth_node end-to-end latency (two processes) beside the backend alone"),
     "memory": ("dualdepth_ros.bench.memory", "peak host memory of one training step (activation checkpointing on/off)"),
     "infer": ("dualdepth_ros.bench.infer", "inference latency (p50/p95) and throughput per backend at batch 1"),
 }

@@ -1,0 +1,225 @@
+"""The node's health figures and their ``/diagnostics`` message.
+
+:class:`NodeStats` is plain Python (thread-safe counters, rate meters over a sliding window,
+latency percentiles over the last frames); :func:`diagnostic_status` turns a snapshot into a
+``diagnostic_msgs/DiagnosticStatus``. Levels:
+
+* ERROR — the backend failed on the last frame it ran (until an inference succeeds again);
+* WARN  — images arrive but no camera_info; the scale is unknown (no road plane yet);
+  input frames were refused within the last window;
+* OK    — otherwise.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = ["RateMeter", "NodeStats", "diagnostic_status", "key_values"]
+
+
+class RateMeter:
+    """Events per second over the last ``window`` seconds (monotonic clock)."""
+
+    def __init__(self, window: float = 5.0) -> None:
+        self.window = float(window)
+        self._times: collections.deque[float] = collections.deque()
+
+    def add(self, t: float | None = None) -> None:
+        self._times.append(time.monotonic() if t is None else t)
+        self._trim(self._times[-1])
+
+    def _trim(self, now: float) -> None:
+        while self._times and self._times[0] < now - self.window:
+            self._times.popleft()
+
+    def rate(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        self._trim(now)
+        if len(self._times) < 2:
+            return 0.0
+        span = max(now - self._times[0], self._times[-1] - self._times[0])
+        return (len(self._times) - 1) / span if span > 0 else 0.0
+
+
+@dataclasses.dataclass
+class _Counters:
+    received: int = 0
+    published: int = 0
+    dropped: int = 0
+    no_camera_info: int = 0
+    bad_input: int = 0
+    unscaled: int = 0
+    backend_errors: int = 0
+
+
+class NodeStats:
+    """Thread-safe figures of a running node (the image callback and the worker both write)."""
+
+    def __init__(self, window: float = 5.0, latency_frames: int = 200) -> None:
+        self._lock = threading.Lock()
+        self.counters = _Counters()
+        self._input = RateMeter(window)
+        self._output = RateMeter(window)
+        self._latency: collections.deque[float] = collections.deque(maxlen=latency_frames)
+        self._inference: collections.deque[float] = collections.deque(maxlen=latency_frames)
+        self._window = window
+        self.backend_failing = False
+        self.last_error = ""
+        self.last_error_time: float | None = None
+        self._last_bad_input: float | None = None
+        self._last_no_info: float | None = None
+
+    def received(self, t: float) -> None:
+        with self._lock:
+            self.counters.received += 1
+            self._input.add(t)
+
+    def dropped(self) -> None:
+        with self._lock:
+            self.counters.dropped += 1
+
+    def no_camera_info(self) -> None:
+        with self._lock:
+            self.counters.no_camera_info += 1
+            self._last_no_info = time.monotonic()
+
+    def bad_input(self, message: str) -> None:
+        with self._lock:
+            self.counters.bad_input += 1
+            self._last_bad_input = time.monotonic()
+            self._error(message)
+
+    def unscaled(self) -> None:
+        with self._lock:
+            self.counters.unscaled += 1
+
+    def backend_error(self, message: str) -> None:
+        with self._lock:
+            self.counters.backend_errors += 1
+            self.backend_failing = True
+            self._error(message)
+
+    def _error(self, message: str) -> None:
+        self.last_error = message
+        self.last_error_time = time.monotonic()
+
+    def published(self, t_received: float, inference_s: float, t: float | None = None) -> None:
+        t = time.monotonic() if t is None else t
+        with self._lock:
+            self.counters.published += 1
+            self.backend_failing = False
+            self._output.add(t)
+            self._latency.append(t - t_received)
+            self._inference.append(inference_s)
+
+    def inference_ok(self) -> None:
+        """The backend ran a frame successfully (even if the frame was not published)."""
+        with self._lock:
+            self.backend_failing = False
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every figure now, as plain values (seconds, Hz, counts)."""
+        now = time.monotonic()
+        with self._lock:
+            lat = np.array(self._latency, dtype=np.float64)
+            inf = np.array(self._inference, dtype=np.float64)
+            recent = self._window
+            return {
+                **dataclasses.asdict(self.counters),
+                "input_rate_hz": self._input.rate(now),
+                "output_rate_hz": self._output.rate(now),
+                "latency_p50_s": float(np.percentile(lat, 50)) if lat.size else None,
+                "latency_p95_s": float(np.percentile(lat, 95)) if lat.size else None,
+                "inference_p50_s": float(np.percentile(inf, 50)) if inf.size else None,
+                "backend_failing": self.backend_failing,
+                "last_error": self.last_error,
+                "last_error_age_s": None if self.last_error_time is None else now - self.last_error_time,
+                "recent_bad_input": self._last_bad_input is not None and now - self._last_bad_input < recent,
+                "recent_no_camera_info": self._last_no_info is not None and now - self._last_no_info < recent,
+            }
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def key_values(snapshot: Mapping[str, Any], backend: Mapping[str, Any], scale: Mapping[str, Any]) -> dict[str, str]:
+    """The diagnostics' key → value strings (stable keys; tests and dashboards read them)."""
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v * 1e3:.2f}"
+
+    kv = {
+        "input rate (Hz)": _fmt(snapshot["input_rate_hz"]),
+        "output rate (Hz)": _fmt(snapshot["output_rate_hz"]),
+        "latency p50 (ms)": ms(snapshot["latency_p50_s"]),
+        "latency p95 (ms)": ms(snapshot["latency_p95_s"]),
+        "inference p50 (ms)": ms(snapshot["inference_p50_s"]),
+        "frames received": _fmt(snapshot["received"]),
+        "frames published": _fmt(snapshot["published"]),
+        "frames dropped": _fmt(snapshot["dropped"]),
+        "frames without camera_info": _fmt(snapshot["no_camera_info"]),
+        "frames refused (bad input)": _fmt(snapshot["bad_input"]),
+        "frames without scale": _fmt(snapshot["unscaled"]),
+        "backend errors": _fmt(snapshot["backend_errors"]),
+        "backend": _fmt(backend.get("name")),
+        "backend reason": _fmt(backend.get("reason")),
+        "device": _fmt(backend.get("device")),
+        "precision": _fmt(backend.get("precision")),
+        "input size": _fmt(backend.get("input")),
+        "scale mode": _fmt(scale.get("mode")),
+        "scale": _fmt(scale.get("scale")),
+        "scale status": _fmt(scale.get("status")),
+        "last error": snapshot["last_error"] or "-",
+    }
+    for key in ("camera_height_m", "plane_tilt_deg", "plane_inliers"):
+        if key in scale:
+            kv[key.replace("_", " ")] = _fmt(scale[key])
+    return kv
+
+
+def diagnostic_status(
+    name: str,
+    hardware_id: str,
+    snapshot: Mapping[str, Any],
+    backend: Mapping[str, Any],
+    scale: Mapping[str, Any],
+) -> Any:
+    """A ``diagnostic_msgs/DiagnosticStatus`` for a :meth:`NodeStats.snapshot` (level rules: module docstring)."""
+    from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+    status = DiagnosticStatus()
+    status.name = name
+    status.hardware_id = hardware_id
+    if snapshot["backend_failing"]:
+        status.level = DiagnosticStatus.ERROR
+        status.message = f"backend failing: {snapshot['last_error']}"
+    elif snapshot["recent_no_camera_info"]:
+        status.level = DiagnosticStatus.WARN
+        status.message = "images arrive but no camera_info has been received; nothing is published"
+    elif scale.get("mode") == "camera_height" and scale.get("scale") is None and snapshot["received"]:
+        status.level = DiagnosticStatus.WARN
+        status.message = "scale unknown: no road plane found yet (camera_height mode); depth not published"
+    elif snapshot["recent_bad_input"]:
+        status.level = DiagnosticStatus.WARN
+        status.message = f"input frames refused: {snapshot['last_error']}"
+    else:
+        status.level = DiagnosticStatus.OK
+        status.message = (
+            f"publishing at {snapshot['output_rate_hz']:.1f} Hz" if snapshot["published"] else "waiting for images"
+        )
+    status.values = [KeyValue(key=k, value=v) for k, v in key_values(snapshot, backend, scale).items()]
+    return status

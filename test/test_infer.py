@@ -1,0 +1,153 @@
+"""``dualdepth infer``: bag → bag with the node's outputs, the real shipped model (ONNX Runtime).
+
+The output bag holds every input topic unchanged plus depth, confidence and their camera_info
+with the input headers; the depths are exactly those of the node's FrameProcessor; the GT
+accuracy table is printed; the output is atomic and a non-empty --out is refused without
+--overwrite.
+"""
+
+import collections
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from node_harness import DEFAULT_MODEL, SAMPLE_BAG, FlakyBackend
+
+from dualdepth_ros.bagio import read_messages, stamp_to_ns
+from dualdepth_ros.errors import DualDepthError
+from dualdepth_ros.images import decode_image
+
+
+def _infer(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dualdepth_ros.cli", "infer", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def _infer_here(capsys, *args: str) -> tuple[int, str]:
+    """The same command in this process (no interpreter start-up): exit status and stderr."""
+    from dualdepth_ros.cli import main
+
+    code = main(["infer", *args])
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def inferred(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("infer") / "out"
+    proc = _infer(
+        "--model", str(DEFAULT_MODEL), "--bag", str(SAMPLE_BAG), "--out", str(out), "--backend", "onnxruntime",
+        "--threads", "1", "--gt-depth-topic", "/gt/depth", "--camera-height", "1.5", "--no-progress", "--json", "-",
+    )  # fmt: skip
+    return out, proc
+
+
+def test_output_bag_has_the_inputs_and_the_node_outputs(inferred) -> None:
+    out, proc = inferred
+    assert proc.returncode == 0, proc.stderr
+    counts = collections.Counter(m.topic for m in read_messages(out))
+    inputs = collections.Counter(m.topic for m in read_messages(SAMPLE_BAG))
+    for topic, n in inputs.items():
+        assert counts[topic] == n, topic
+    for topic in ("/depth/image", "/depth/camera_info", "/confidence/image", "/confidence/camera_info"):
+        assert counts[topic] == 100, topic
+    # input messages are copied byte for byte
+    a = [m.msg for m in read_messages(SAMPLE_BAG, ["/camera/image_raw"])]
+    b = [m.msg for m in read_messages(out, ["/camera/image_raw"])]
+    assert len(a) == len(b) == 100
+    for x, y in zip(a, b):
+        assert bytes(x.data) == bytes(y.data)
+        assert (stamp_to_ns(x.header.stamp), x.header.frame_id) == (stamp_to_ns(y.header.stamp), y.header.frame_id)
+    # outputs: the input's headers and log times, 32FC1 at the model size, camera_info at that size
+    images = {stamp_to_ns(m.header.stamp): m for m in a}
+    for m in read_messages(out, ["/depth/image", "/depth/camera_info", "/confidence/image"]):
+        stamp = stamp_to_ns(m.msg.header.stamp)
+        assert stamp in images and m.msg.header.frame_id == images[stamp].header.frame_id
+        assert m.timestamp_ns == stamp  # the sample's log times equal its stamps
+        assert (m.msg.width, m.msg.height) == (160, 48)
+        if m.topic == "/depth/camera_info":
+            np.testing.assert_allclose(m.msg.k, [80, 0, 79.5, 0, 80, 23.5, 0, 0, 1])
+        else:
+            assert m.msg.encoding == "32FC1"
+    assert (out / "README.md").exists()
+
+
+def test_depths_equal_the_node_processing_and_accuracy_is_reported(inferred) -> None:
+    from dualdepth_ros.inference import open_backend
+    from dualdepth_ros.ros.params import DEFAULTS, output_settings, scale_settings
+    from dualdepth_ros.ros.player import load_stream
+    from dualdepth_ros.ros.processing import FrameProcessor
+
+    out, proc = inferred
+    summary = json.loads(proc.stdout)
+    assert summary["images"] == summary["published"] == 100
+    acc = summary["accuracy"]
+    assert acc["n_images"] == 100
+    assert acc["median_scaled"]["abs_rel"] < 0.5 and acc["metric_scale"]["abs_rel"] > 0
+    assert "median-scaled" in proc.stderr and "no median scaling" in proc.stderr  # the table (stdout is JSON)
+
+    published = {stamp_to_ns(m.msg.header.stamp): decode_image(m.msg) for m in read_messages(out, ["/depth/image"])}
+    backend = open_backend(DEFAULT_MODEL, "onnxruntime", device="cpu", threads=1)
+    try:
+        p = FrameProcessor(backend, output_settings(DEFAULTS), scale_settings({**DEFAULTS, "camera_height_m": 1.5}))
+        for f in load_stream(SAMPLE_BAG).frames:
+            res = p.process(f.image, f.info)
+            p.update_scale(res)
+            np.testing.assert_allclose(published[f.stamp_ns], res.depth, rtol=1e-5)
+    finally:
+        backend.close()
+
+
+def test_non_empty_out_is_refused_without_overwrite(inferred, tmp_path: Path, capsys) -> None:
+    out, _ = inferred
+    before = sorted(p.name for p in out.iterdir())
+    code, err = _infer_here(capsys, "--bag", str(SAMPLE_BAG), "--out", str(out), "--max-frames", "3")
+    assert code == 2
+    assert "is not empty (use --overwrite" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == before
+    other = tmp_path / "notabag"
+    other.mkdir()
+    (other / "thesis.tex").write_text("precious")
+    code, err = _infer_here(capsys, "--bag", str(SAMPLE_BAG), "--out", str(other), "--overwrite", "--max-frames", "3")
+    assert code == 2 and "does not look like a rosbag2" in err
+    assert (other / "thesis.tex").read_text() == "precious"
+    args = ["--bag", str(SAMPLE_BAG), "--out", str(out), "--overwrite", "--max-frames", "3", "--no-progress"]
+    code, err = _infer_here(capsys, *args, "--threads", "1")
+    assert code == 0, err
+    counts = collections.Counter(m.topic for m in read_messages(out))
+    assert counts["/depth/image"] == counts["/camera/image_raw"] == counts["/gt/depth"] == 3  # the bag is cut there
+
+
+def test_output_is_atomic_when_inference_fails(tmp_path: Path) -> None:
+    from dualdepth_ros.inference import open_backend
+    from dualdepth_ros.ros.infer import infer_bag
+    from dualdepth_ros.ros.processing import FrameProcessor
+
+    class FailsLater(FlakyBackend):
+        def infer(self, image):
+            self.calls = getattr(self, "calls", 0) + 1
+            self.fail = self.calls > 10
+            return super().infer(image)
+
+    backend = FailsLater(open_backend(DEFAULT_MODEL, "onnxruntime", device="cpu", threads=1))
+    out = tmp_path / "out"
+    with pytest.raises(DualDepthError, match="inference failed on the frame .* device lost"):
+        infer_bag(SAMPLE_BAG, out, FrameProcessor(backend), progress=False)
+    backend.close()
+    assert list(tmp_path.iterdir()) == []  # no bag, no partial folder
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path: Path, capsys) -> None:
+    out = str(tmp_path / "o")
+    code, err = _infer_here(capsys, "--bag", str(tmp_path / "missing"), "--out", out)
+    assert code == 2 and "does not exist" in err
+    code, err = _infer_here(capsys, "--bag", str(SAMPLE_BAG), "--out", out, "--image-topic", "/nope")
+    assert code == 2 and "no topic '/nope'" in err
+    code, err = _infer_here(capsys, "--bag", str(SAMPLE_BAG), "--out", out, "--confidence-threshold", "3")
+    assert code == 2 and "confidence_threshold must be at most 1.0" in err
+    code, err = _infer_here(capsys, "--bag", str(SAMPLE_BAG), "--out", out, "--model", str(tmp_path / "nomodel"))
+    assert code == 2 and "does not exist" in err
+    assert not (tmp_path / "o").exists()
