@@ -81,6 +81,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every variant")
     p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        metavar="S",
+        help="train every variant once per seed (optim.seed); the table gives mean ± std over seeds",
+    )
+    p.add_argument(
+        "--protocol",
+        default="dense",
+        choices=("auto", "kitti", "dense"),
+        help="evaluation protocol on the held-out drive (default dense: the synthetic ground truth is dense)",
+    )
+    p.add_argument(
         "--only",
         action="append",
         choices=sorted({v[0] for vs, _ in VARIANT_SETS.values() for v in vs}),
@@ -95,26 +109,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _row(
     label: str, summary: dict[str, Any], train_seconds: float | None = None, ground_truth: tuple[str, ...] = ()
 ) -> list[str]:
-    def get(*path: str) -> float | None:
-        node: Any = summary
-        for key in path:
-            if not isinstance(node, dict) or key not in node:
-                return None
-            node = node[key]
-        return float(node) if isinstance(node, (int, float)) else None
+    """Table cells of one variant: the figures of :data:`ROW_FIGURES` (± std over seeds when known)."""
 
-    def fmt(v: float | None, digits: int = 3) -> str:
-        return "—" if v is None else f"{v:.{digits}f}"
+    def fmt(path: tuple[str, ...], digits: int) -> str:
+        if ("depth" in ground_truth and path[0] != "pose") or ("pose" in ground_truth and path[0] == "pose"):
+            return "—"  # a rung that takes this from ground truth has no figure of its own
+        v = _get(summary, path)
+        if v is None:
+            return "—"
+        std = _get(summary, (*path[:-1], path[-1] + "_std"))
+        return f"{v:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
-    depth = "depth" not in ground_truth  # a rung that takes depth from ground truth has no depth metrics
+    digits = (3, 3, 4, 4, 3, 3)
     return [
         label,
-        fmt(get("median_scaled", "abs_rel") if depth else None),
-        fmt(get("median_scaled", "a1") if depth else None),
-        fmt(get("confidence", "ause", "abs_rel") if depth else None, 4),
-        fmt(get("confidence", "aurg", "abs_rel") if depth else None, 4),
-        fmt(get("temporal", "ratio") if depth else None),
-        fmt(get("pose", "ate_mean") if "pose" not in ground_truth else None),
+        *(fmt(path, d) for path, d in zip(ROW_FIGURES, digits)),
         "—" if train_seconds is None else f"{train_seconds / 60:.1f}",
     ]
 
@@ -196,50 +205,62 @@ def run(args: argparse.Namespace) -> int:
             frames_cache[(w, h)] = frames
         return frames_cache[(w, h)]
 
+    def evaluate(loaded: Any, frames: list[Any], **kw: Any) -> dict[str, Any]:
+        return _summary(evaluate_sequence(loaded, frames, protocol=args.protocol, **kw))
+
     for slug, label, cfg_file in variants:
         if args.only and slug not in args.only:
             continue
-        run_dir = out / slug
-        last = run_dir / "last.pt"
         configs = [str(CONFIG_DIR / cfg_file), str(budget)]
-        ckpt = load_checkpoint(last) if last.exists() else {}
-        if not ckpt or ckpt.get("step") != ckpt.get("total_steps"):
-            print(f"[{slug}] training: {label}", flush=True)
-            summary = train(
-                args.bag, run_dir, configs, list(args.set), resume=last.exists(), progress=not args.no_progress
+        runs = []
+        for seed in args.seeds:
+            run_dir = out / slug if len(args.seeds) == 1 else out / slug / f"seed{seed}"
+            overrides = [*args.set, f"optim.seed={seed}"] if len(args.seeds) > 1 else list(args.set)
+            last = run_dir / "last.pt"
+            ckpt = load_checkpoint(last) if last.exists() else {}
+            if not ckpt or ckpt.get("step") != ckpt.get("total_steps"):
+                print(f"[{slug}] training: {label}" + (f" (seed {seed})" if len(args.seeds) > 1 else ""), flush=True)
+                done = train(args.bag, run_dir, configs, overrides, resume=last.exists(), progress=not args.no_progress)
+                if done["step"] < done["total_steps"]:  # stopped by Ctrl-C / SIGTERM: stop the study too
+                    print(f"[{slug}] stopped at step {done['step']}; run the same command again to resume", flush=True)
+                    return 130
+                ckpt = load_checkpoint(last)
+            loaded = model_from_checkpoint(ckpt)
+            frames = heldout_frames(loaded)
+            curve = []
+            for snap in sorted((run_dir / "snapshots").glob("step_*.pt")):
+                snap_ckpt = load_checkpoint(snap)
+                point = evaluate(model_from_checkpoint(snap_ckpt), frames)
+                curve.append({"step": int(snap_ckpt["step"]), **_curve_point(point, loaded.cfg)})
+            runs.append(
+                {
+                    "seed": seed,
+                    "eval": evaluate(loaded, frames),
+                    "train_seconds": _train_seconds(run_dir, ckpt),
+                    "curve": curve,
+                }
             )
-            if summary["step"] < summary["total_steps"]:  # stopped by Ctrl-C / SIGTERM: stop the study too
-                print(f"[{slug}] stopped at step {summary['step']}; run the same command again to resume", flush=True)
-                return 130
-            ckpt = load_checkpoint(last)
-        loaded = model_from_checkpoint(ckpt)
-        frames = heldout_frames(loaded)
-        summary = _summary(evaluate_sequence(loaded, frames))
-        seconds = _train_seconds(run_dir, ckpt)
-        curve = []
-        for snap in sorted((run_dir / "snapshots").glob("step_*.pt")):
-            snap_ckpt = load_checkpoint(snap)
-            point = _summary(evaluate_sequence(model_from_checkpoint(snap_ckpt), frames))
-            curve.append({"step": int(snap_ckpt["step"]), **_curve_point(point, loaded.cfg)})
-        results.append(
-            {
-                "slug": slug,
-                "label": label,
-                "configs": [_display_path(c) for c in configs],
-                "eval": summary,
-                "train_seconds": seconds,
-                "curve": curve,
-                "ground_truth": _replaced_by_ground_truth(loaded.cfg),
-            }
-        )
+            if reference is None:  # the budget's input size and frames are the same for every variant
+                budget_text = describe_budget(
+                    loaded.cfg, int(ckpt["total_steps"]), [_display_path(budget)], list(args.set)
+                )
+                if len(args.seeds) > 1:
+                    budget_text += f", seeds {', '.join(str(x) for x in args.seeds)}"
+                loaded.model.depth = ConstantDepthNet()
+                reference = evaluate(loaded, frames, with_pose=False)
         gt_parts = tuple(_replaced_by_ground_truth(loaded.cfg))
-        print(f"[{slug}] " + " | ".join(_row(label, summary, seconds, gt_parts)[1:]), flush=True)
-        for point in curve:
+        result = {
+            "slug": slug,
+            "label": label,
+            "configs": [_display_path(c) for c in configs],
+            "ground_truth": list(gt_parts),
+            "runs": runs,
+            **_over_seeds(runs),
+        }
+        results.append(result)
+        print(f"[{slug}] " + " | ".join(_row(label, result["eval"], result["train_seconds"], gt_parts)[1:]), flush=True)
+        for point in result["curve"]:
             print(f"[{slug}]   step {point['step']}: {_format_point(point)}", flush=True)
-        if reference is None:  # the budget's input size and frames are the same for every variant
-            budget_text = describe_budget(loaded.cfg, int(ckpt["total_steps"]), [_display_path(budget)], list(args.set))
-            loaded.model.depth = ConstantDepthNet()
-            reference = _summary(evaluate_sequence(loaded, frames, with_pose=False))
     if not results:
         raise DualDepthError("no variant was run")
     table = format_table(results, budget_text or "", reference)
@@ -261,6 +282,54 @@ def run(args: argparse.Namespace) -> int:
         payload = {"budget": budget_text, "variants": results, "constant_reference": reference}
         Path(args.json).write_text(json.dumps(payload, indent=2, default=float))
     return 0
+
+
+#: The figures a table row shows: (path in an evaluation summary).
+ROW_FIGURES: tuple[tuple[str, ...], ...] = (
+    ("median_scaled", "abs_rel"),
+    ("median_scaled", "a1"),
+    ("confidence", "ause", "abs_rel"),
+    ("confidence", "aurg", "abs_rel"),
+    ("temporal", "ratio"),
+    ("pose", "ate_mean"),
+)
+
+
+def _get(summary: Any, path: tuple[str, ...]) -> float | None:
+    for key in path:
+        if not isinstance(summary, dict) or key not in summary or summary[key] is None:
+            return None
+        summary = summary[key]
+    return float(summary) if isinstance(summary, (int, float)) else None
+
+
+def _over_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A variant's runs over seeds → ``eval`` (mean of every row figure, with ``*_std``), mean time and curve."""
+    import numpy as np
+
+    evals = [r["eval"] for r in runs]
+    merged: dict[str, Any] = {}
+    for path in ROW_FIGURES:
+        values = [v for v in (_get(e, path) for e in evals) if v is not None]
+        if not values:
+            continue
+        node = merged
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = float(np.mean(values))
+        if len(values) > 1:
+            node[path[-1] + "_std"] = float(np.std(values))
+    seconds = [r["train_seconds"] for r in runs if r["train_seconds"] is not None]
+    steps = sorted({p["step"] for r in runs for p in r["curve"]})
+    curve = []
+    for step in steps:
+        points = [p for r in runs for p in r["curve"] if p["step"] == step]
+        point: dict[str, Any] = {"step": step}
+        for key in ("abs_rel", "a1", "ate_mean"):
+            values = [p[key] for p in points if p.get(key) is not None]
+            point[key] = float(np.mean(values)) if values else None
+        curve.append(point)
+    return {"eval": merged, "train_seconds": float(np.mean(seconds)) if seconds else None, "curve": curve}
 
 
 def _replaced_by_ground_truth(cfg: Any) -> list[str]:

@@ -113,6 +113,8 @@ def test_ablate_writes_the_table_and_skips_finished_variants(
         str(tmp_path / "ablation.md"),
         "--json",
         str(tmp_path / "ablation.json"),
+        "--protocol",
+        "kitti",
         "--no-progress",
     ]
     first = run(cmd, env)
@@ -138,3 +140,24 @@ def test_ablate_writes_the_table_and_skips_finished_variants(
     second = run(cmd, env)
     # Finished variants are only re-evaluated (the printed table itself speaks of the "training budget").
     assert "] training:" not in second.stdout and "[full] " in second.stdout
+
+
+def test_seeds_are_averaged_with_their_spread() -> None:
+    from dualdepth_ros.ablation import _over_seeds, _row
+
+    runs = [
+        {
+            "eval": {"median_scaled": {"abs_rel": a, "a1": 0.5}, "pose": {"ate_mean": 0.1}, "confidence": None},
+            "train_seconds": 60.0 * (i + 1),
+            "curve": [{"step": 100, "abs_rel": a + 0.1, "a1": 0.4, "ate_mean": None}],
+        }
+        for i, a in enumerate((0.2, 0.3, 0.4))
+    ]
+    merged = _over_seeds(runs)
+    assert merged["eval"]["median_scaled"]["abs_rel"] == pytest.approx(0.3)
+    assert merged["eval"]["median_scaled"]["abs_rel_std"] == pytest.approx(np.std([0.2, 0.3, 0.4]))
+    assert merged["train_seconds"] == pytest.approx(120.0)
+    assert merged["curve"] == [{"step": 100, "abs_rel": pytest.approx(0.4), "a1": pytest.approx(0.4), "ate_mean": None}]
+    cells = _row("x", merged["eval"], merged["train_seconds"])
+    assert cells[1] == "0.300 ± 0.082" and cells[2] == "0.500 ± 0.000" and cells[3] == "—" and cells[-1] == "2.0"
+    assert _row("x", merged["eval"], None, ("depth",))[1:6] == ["—"] * 5  # a rung with GT depth: no depth figures
