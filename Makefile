@@ -36,7 +36,7 @@ LAUNCH_STAMP := $(VENV)/.ros2-launch-stamp
 # The ros-jazzy wheels register their packages under the venv prefix but set no AMENT_PREFIX_PATH.
 VENV_AMENT := AMENT_PREFIX_PATH="$(abspath $(VENV))$${AMENT_PREFIX_PATH:+:$$AMENT_PREFIX_PATH}"
 
-.PHONY: help setup build lint test test-tools test-fast demo sample bench data train export-default ablation clean
+.PHONY: help setup build lint test test-tools test-fast demo sample bench data train export-default ablation ladder clean
 
 help:
 	@echo "make setup   create .venv with pinned deps (ROS 2 Jazzy wheels, torch CPU, rosbags, colcon) and install the package"
@@ -126,10 +126,16 @@ train: setup data
 export-default: setup
 	$(VENV)/bin/dualdepth export --checkpoint $(MODEL) --out $(EXPORTED) --per-branch --overwrite
 
-# The ablation table (docs/ablation.md): every variant with the same budget, scored on the held-out drive.
+# The ablation table (docs/ablation.md): every variant with the same budget and three seeds, scored on the
+# held-out drive (mean ± std over seeds).
 ablation: setup data
 	$(VENV)/bin/dualdepth ablate $(foreach b,$(TRAIN_BAGS),--bag $(b)) --heldout $(HELDOUT_BAG) --out runs/ablation \
-	  --table docs/ablation.md --json docs/ablation.json
+	  --seeds 0 1 2 --table docs/ablation.md --json docs/ablation.json
+
+# The learning ladder (docs/ladder.md): each network replaced by ground truth in turn, held-out curves by step.
+ladder: setup data
+	$(VENV)/bin/dualdepth ablate --variants ladder $(foreach b,$(TRAIN_BAGS),--bag $(b)) --heldout $(HELDOUT_BAG) \
+	  --out runs/ladder --table docs/ladder.md --json docs/ladder.json
 
 clean:
 	rm -rf build install log runs .pytest_cache
