@@ -102,7 +102,7 @@ def test_training_prints_the_layout_and_ground_truth_figures(stopping_bag, cache
     assert len(val_lines) == 2 and all("AbsRel" in line and "δ<1.25" in line for line in val_lines)
     assert "nan" not in out.lower()
     gt = summary["last_validation"]["val_gt"]
-    assert gt["protocol"]["name"] == "kitti" and gt["gt_coverage"]["gt_size"] == [331, 100]
+    assert gt["protocol"]["name"] == "dense" and gt["gt_coverage"]["gt_size"] == [331, 100]  # dense synthetic GT
     assert gt["n_images"] > 0 and 0 < gt["median_scaled"]["abs_rel"] < 2
 
 

@@ -112,7 +112,9 @@ def test_cli_end_to_end(small_checkpoint, sample_bag, tmp_path, capsys):
                 "n_frames", "seconds"):  # fmt: skip
         assert key in data, key
     assert data["input"] == {"width": W, "height": H, "resize_mode": "crop_center"}  # the data default keeps the aspect
-    assert data["protocol"]["name"] == "kitti" and data["protocol"]["crop"] == "garg"
+    # 320×96 is KITTI-shaped but its ground truth is dense (a simulator): auto scores the whole image
+    assert data["protocol"]["name"] == "dense" and data["protocol"]["crop"] is None
+    assert "dense" in data["protocol"]["reason"]
     assert "cropped to the model's aspect" in data["bags"][0]["preprocessing"]
     assert data["checkpoint_step"] == 7
     assert data["bags"][0]["gt_depth_topic"] == "/gt/depth" and data["bags"][0]["gt_pose_topic"] == "/gt/pose"
@@ -150,13 +152,14 @@ def test_cli_json_to_stdout(small_checkpoint, sample_bag, capsys):
 
 def test_constant_reference_matches_an_independent_computation(small_checkpoint, sample_bag, capsys):
     rc = _eval_cli(
-        "--checkpoint", small_checkpoint, "--bag", sample_bag, "--max-frames", 6, "--constant-reference", "--json", "-"
-    )
+        "--checkpoint", small_checkpoint, "--bag", sample_bag, "--max-frames", 6, "--constant-reference",
+        "--protocol", "kitti", "--json", "-",
+    )  # fmt: skip
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     data = json.loads(captured.out)
     assert data["confidence"] is None and data["pose"] is None  # no confidence, no PoseNet for the reference
-    assert data["protocol"]["name"] == "kitti" and "auto" in data["protocol"]["reason"]  # 320×96 is KITTI-shaped
+    assert data["protocol"]["name"] == "kitti" and data["protocol"]["reason"] == "--protocol kitti"
     assert "protocol: kitti" in captured.err
     # Independently (test/independent_eval.py): the GT of the same frames read from the bag at its own 320×96,
     # inside Garg's crop, on the columns the 96×32 centre crop sees, against a constant median-scaled prediction.

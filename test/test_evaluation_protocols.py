@@ -57,6 +57,10 @@ def test_kitti_shape_rule_and_protocol_choice():
         assert is_kitti_shaped(h, w), (w, h)
         p = resolve_protocol("auto", h, w)
         assert (p.name, p.garg_crop, p.max_depth) == ("kitti", True, 80.0) and "auto" in p.reason
+        p = resolve_protocol("auto", h, w, valid_fraction=0.05)  # projected LiDAR
+        assert p.name == "kitti" and "sparse" in p.reason
+        p = resolve_protocol("auto", h, w, valid_fraction=0.7)  # a simulator's dense depth: the whole image
+        assert (p.name, p.garg_crop) == ("dense", False) and "dense" in p.reason
     for w, h in ((640, 480), (1280, 720), (1920, 1080), (512, 256)):
         assert not is_kitti_shaped(h, w), (w, h)
         p = resolve_protocol("auto", h, w, max_depth=40)

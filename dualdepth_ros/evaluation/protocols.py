@@ -13,9 +13,12 @@ with the results and written into their JSON:
     from ``--max-depth``, default 80 m), predictions clamped to it. For dense depth (a
     simulator, an RGB-D camera) and for cameras that are not KITTI-shaped.
 ``auto`` (default)
-    ``kitti`` for ground truth of KITTI's shape (aspect ratio within
+    ``kitti`` for sparse ground truth of KITTI's shape (aspect ratio within
     :data:`KITTI_ASPECT_TOLERANCE` of 1242:375 ≈ 3.31, e.g. 1242×375, 1241×376, 1226×370,
-    1224×370, and the 320×96 synthetic drives), ``dense`` for any other.
+    1224×370, with fewer than :data:`SPARSE_FRACTION` of its pixels valid: projected LiDAR),
+    ``dense`` for any other — dense ground truth (a simulator such as the 320×96 synthetic
+    drives, an RGB-D camera) is scored on the whole image: Garg's crop exists because KITTI's
+    LiDAR does not cover the top of the image.
 
 Every protocol scores the prediction on the ground truth's own grid
 (:mod:`dualdepth_ros.evaluation.grid`): the crop and the range apply to ground-truth pixels.
@@ -50,6 +53,8 @@ PROTOCOL_NAMES = ("auto", "kitti", "dense")
 #: KITTI's image aspect ratio (1242 / 375) and the relative tolerance of :func:`is_kitti_shaped`.
 KITTI_ASPECT = 1242 / 375
 KITTI_ASPECT_TOLERANCE = 0.05
+#: ``auto`` takes ground truth with fewer valid pixels than this share for LiDAR (sparse).
+SPARSE_FRACTION = 0.5
 #: Garg's crop as fractions of the image height (rows) and width (columns).
 GARG_CROP = (0.40810811, 0.99189189, 0.03594771, 0.96405229)
 
@@ -121,12 +126,20 @@ def dense(max_depth: float = MAX_DEPTH, reason: str = "") -> Protocol:
     return Protocol("dense", MIN_DEPTH, float(max_depth), False, reason)
 
 
-def resolve_protocol(name: str | Protocol, gt_height: int, gt_width: int, max_depth: float | None = None) -> Protocol:
+def resolve_protocol(
+    name: str | Protocol,
+    gt_height: int,
+    gt_width: int,
+    max_depth: float | None = None,
+    valid_fraction: float | None = None,
+) -> Protocol:
     """The concrete protocol for ground truth of ``gt_height × gt_width`` pixels.
 
     Parameters
     ----------
     name : ``"auto"``, ``"kitti"``, ``"dense"`` or a :class:`Protocol` (returned as is).
+    valid_fraction : share of the ground-truth pixels that are valid (``auto``: KITTI-shaped
+        *and* below :data:`SPARSE_FRACTION` gives ``kitti``); None counts as sparse.
     max_depth : the ``dense`` cap (default 80 m); not allowed with ``"kitti"``, whose range
         is fixed.
     """
@@ -142,6 +155,12 @@ def resolve_protocol(name: str | Protocol, gt_height: int, gt_width: int, max_de
     if name == "dense":
         return dense(cap, "--protocol dense")
     aspect = gt_width / gt_height
-    if is_kitti_shaped(gt_height, gt_width):
-        return kitti(f"auto: the {gt_width}x{gt_height} ground truth has KITTI's aspect ({aspect:.2f})")
-    return dense(cap, f"auto: the {gt_width}x{gt_height} ground truth is not KITTI-shaped (aspect {aspect:.2f})")
+    if not is_kitti_shaped(gt_height, gt_width):
+        return dense(cap, f"auto: the {gt_width}x{gt_height} ground truth is not KITTI-shaped (aspect {aspect:.2f})")
+    if valid_fraction is not None and valid_fraction >= SPARSE_FRACTION:
+        return dense(
+            cap,
+            f"auto: the {gt_width}x{gt_height} ground truth has KITTI's aspect but is dense "
+            f"({valid_fraction:.0%} of pixels valid, not LiDAR)",
+        )
+    return kitti(f"auto: the {gt_width}x{gt_height} ground truth has KITTI's aspect ({aspect:.2f}) and is sparse")

@@ -71,11 +71,11 @@ class EvaluationReport:
         self.protocols: dict[tuple[int, int], Protocol] = {}
         self._resize_grids: dict[tuple[int, ...], GridMap] = {}
 
-    def protocol_for(self, height: int, width: int) -> Protocol:
-        """The protocol used for ground truth of ``height × width`` (resolved once per shape)."""
+    def protocol_for(self, height: int, width: int, valid_fraction: float | None = None) -> Protocol:
+        """The protocol used for ground truth of ``height × width`` (resolved once per shape, on its first image)."""
         key = (int(height), int(width))
         if key not in self.protocols:
-            self.protocols[key] = resolve_protocol(self.protocol, height, width, self.max_depth)
+            self.protocols[key] = resolve_protocol(self.protocol, height, width, self.max_depth, valid_fraction)
         return self.protocols[key]
 
     def add(
@@ -103,7 +103,7 @@ class EvaluationReport:
             if key not in self._resize_grids:
                 self._resize_grids[key] = GridMap.resize(*key)
             grid = self._resize_grids[key]
-        proto = self.protocol_for(*gt2.shape)
+        proto = self.protocol_for(*gt2.shape, valid_fraction=float(np.mean(np.isfinite(gt2) & (gt2 > 0))))
         kw = {
             "grid": grid,
             "interpolation": self.interpolation,
