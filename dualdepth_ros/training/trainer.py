@@ -407,7 +407,9 @@ class Trainer:
 
         With micro-batches the gradient is exactly the full batch's: each micro-batch's loss (a mean
         over its kept samples) is back-propagated times its kept count, and the accumulated gradient
-        is divided by the batch's kept count. Only BatchNorm sees the smaller batches.
+        is divided by the batch's kept count. Only BatchNorm and the scale anchor (a statistic of the
+        clips in one pass: their mean translation, as under DDP) see the smaller batches; the anchor
+        reaches only the PoseNet (``test_the_scale_anchor_is_the_one_term_computed_per_micro_batch``).
         """
         self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
