@@ -494,6 +494,8 @@ class Trainer:
         from ..evaluation.sequence import evaluate_sequence
         from .checkpoint import LoadedModel
 
+        if self.cfg.model.depth_source == "ground_truth":  # a ladder rung: no depth net of its own to score
+            return {}
         frames = []
         for store in self.stores:
             if store.gt_depth is None:
