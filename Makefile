@@ -127,10 +127,11 @@ export-default: setup
 	$(VENV)/bin/dualdepth export --checkpoint $(MODEL) --out $(EXPORTED) --per-branch --overwrite
 
 # The ablation table (docs/ablation.md): every variant with the same budget and three seeds, scored on the
-# held-out drive (mean ± std over seeds).
+# held-out drive (mean ± std over seeds). ABLATION_ARGS="--only full --only …" runs a subset of the rows.
+ABLATION_ARGS ?=
 ablation: setup data
 	$(VENV)/bin/dualdepth ablate $(foreach b,$(TRAIN_BAGS),--bag $(b)) --heldout $(HELDOUT_BAG) --out runs/ablation \
-	  --seeds 0 1 2 --table docs/ablation.md --json docs/ablation.json
+	  --seeds 0 1 2 $(ABLATION_ARGS) --table docs/ablation.md --json docs/ablation.json
 
 # The learning ladder (docs/ladder.md): each network replaced by ground truth in turn, held-out curves by step.
 ladder: setup data

@@ -272,7 +272,9 @@ def run(args: argparse.Namespace) -> int:
         title = "Learning ladder" if args.variants == "ladder" else "Ablation"
         Path(args.table).write_text(
             f"# {title} on the held-out synthetic drive\n\n"
-            f"Produced by `dualdepth ablate --variants {args.variants}`. Median-scaled depth metrics (method.md §8); "
+            f"Produced by `dualdepth ablate --variants {args.variants}`"
+            + (f" with only the rows {', '.join(f'`{o}`' for o in args.only)} (`--only`)" if args.only else "")
+            + ". Median-scaled depth metrics (method.md §8); "
             "AUSE/AURG of the fused confidence for AbsRel (— where a variant has no confidence); temporal "
             "ratio = frame-to-frame depth change of the prediction / that of the ground truth on static pixels; "
             "train min = training wall time on the machine that ran it. The constant-depth row scores a constant "

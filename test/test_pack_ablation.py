@@ -120,6 +120,7 @@ def test_ablate_writes_the_table_and_skips_finished_variants(
     first = run(cmd, env)
     assert "[monodepth2] training" in first.stdout and "[full] training" in first.stdout
     table = (tmp_path / "ablation.md").read_text().splitlines()
+    assert "with only the rows `monodepth2`, `full` (`--only`)" in table[2]  # a partial table says so
     rows = [line for line in table if line.startswith("| single-branch") or line.startswith("| two-branch")]
     assert len(rows) == 2
     baseline, full = (r.split("|")[2:8] for r in rows)
