@@ -498,11 +498,7 @@ class Preprocessor:
         ``width``/``height`` (the incoming image size) are needed only with explicit intrinsics
         and no CameraInfo.
         """
-        if width is None or height is None:
-            if info is None:
-                raise PreprocessError("need camera_info or the input image size to compute intrinsics")
-            width, height = int(info.width), int(info.height)
-        _, K = self._source(info, int(width), int(height))
+        K = self.source_intrinsics(info, width, height)
         return self.plan(K.width, K.height).intrinsics(K)
 
     # -- the pipeline -------------------------------------------------------------------

@@ -18,8 +18,9 @@ import independent_eval
 import numpy as np
 import pytest
 import torch
+from small_model import GT_TOPICS, LIGHT, H, W, eval_cli, write_small_checkpoint
 
-from dualdepth_ros import bagio, cli
+from dualdepth_ros import bagio
 from dualdepth_ros.config import load_config
 from dualdepth_ros.data import DataConfig, FrameSequence
 from dualdepth_ros.evaluation import MOSAIC_MIN_PANEL_WIDTH, evaluate_sequence, relative_poses
@@ -28,20 +29,9 @@ from dualdepth_ros.geometry import mat_to_pose_vec
 from dualdepth_ros.images import decode_image
 from dualdepth_ros.networks import DepthModel
 from dualdepth_ros.preprocess import plan_resize
-from dualdepth_ros.training.checkpoint import LoadedModel, atomic_save, make_checkpoint
+from dualdepth_ros.training.checkpoint import LoadedModel
 
-W, H = 96, 32  # the small checkpoint's input
 OW, OH = 320, 96  # the oracle's input: the sample's own size, so the GT grid is the network's
-GT_TOPICS = {"gt_depth_topic": "/gt/depth", "gt_pose_topic": "/gt/pose", "gt_moving_mask_topic": "/gt/moving_mask"}
-LIGHT = [
-    f"input.width={W}",
-    f"input.height={H}",
-    "model.encoder=resnet10",
-    "model.encoder_width=8",
-    "model.decoder_channels=[4, 8, 8, 16, 16]",
-    "pose.encoder=resnet10",
-    "pose.encoder_width=8",
-]
 
 
 @pytest.fixture(autouse=True)
@@ -60,17 +50,7 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def small_checkpoint(tmp_path_factory, cache_dir):
-    """An untrained two-branch model at 96×32 whose data config caches frames in a temp folder."""
-    torch.manual_seed(0)
-    cfg = load_config("config/train.yaml", overrides=LIGHT)
-    model = DepthModel(cfg)
-    path = tmp_path_factory.mktemp("ckpt") / "small.pt"
-    atomic_save(make_checkpoint(model, cfg, DataConfig(cache_dir=str(cache_dir)), step=7), path)
-    return path
-
-
-def _eval_cli(*argv):
-    return cli.main(["eval", *map(str, argv)])
+    return write_small_checkpoint(tmp_path_factory.mktemp("ckpt"), cache_dir)
 
 
 def _numbers(obj, where="$"):
@@ -91,7 +71,7 @@ def _numbers(obj, where="$"):
 def test_cli_end_to_end(small_checkpoint, sample_bag, tmp_path, capsys):
     out_json = tmp_path / "res" / "eval.json"
     plots = tmp_path / "plots"
-    rc = _eval_cli(
+    rc = eval_cli(
         "--checkpoint", small_checkpoint, "--bag", sample_bag, "--max-frames", 30, "--metric-scale", 1,
         "--json", out_json, "--plots", plots,
     )  # fmt: skip
@@ -142,7 +122,7 @@ def test_cli_end_to_end(small_checkpoint, sample_bag, tmp_path, capsys):
 
 
 def test_cli_json_to_stdout(small_checkpoint, sample_bag, capsys):
-    rc = _eval_cli("--checkpoint", small_checkpoint, "--bag", sample_bag, "--max-frames", 4, "--no-pose", "--json", "-")
+    rc = eval_cli("--checkpoint", small_checkpoint, "--bag", sample_bag, "--max-frames", 4, "--no-pose", "--json", "-")
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     data = json.loads(captured.out)  # nothing but the JSON on stdout; the table went to stderr
@@ -151,7 +131,7 @@ def test_cli_json_to_stdout(small_checkpoint, sample_bag, capsys):
 
 
 def test_constant_reference_matches_an_independent_computation(small_checkpoint, sample_bag, capsys):
-    rc = _eval_cli(
+    rc = eval_cli(
         "--checkpoint", small_checkpoint, "--bag", sample_bag, "--max-frames", 6, "--constant-reference",
         "--protocol", "kitti", "--json", "-",
     )  # fmt: skip
@@ -374,21 +354,21 @@ def _bag_without_gt(path):
 
 
 def test_missing_checkpoint(sample_bag, tmp_path, capsys):
-    assert _eval_cli("--checkpoint", tmp_path / "nope.pt", "--bag", sample_bag) == 2
+    assert eval_cli("--checkpoint", tmp_path / "nope.pt", "--bag", sample_bag) == 2
     assert "checkpoint not found" in capsys.readouterr().err
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    assert _eval_cli("--checkpoint", tmp_path / "bad.pt", "--bag", sample_bag) == 2
+    assert eval_cli("--checkpoint", tmp_path / "bad.pt", "--bag", sample_bag) == 2
     assert "cannot read checkpoint" in capsys.readouterr().err
 
 
 def test_missing_gt_topic_lists_topics(small_checkpoint, sample_bag, tmp_path, capsys):
     bag = _bag_without_gt(tmp_path / "no_gt")
-    assert _eval_cli("--checkpoint", small_checkpoint, "--bag", bag) == 2
+    assert eval_cli("--checkpoint", small_checkpoint, "--bag", bag) == 2
     err = capsys.readouterr().err
     assert "no ground-truth depth topic" in err and "--gt-depth-topic" in err
     assert "/camera/image_raw" in err and "/camera/camera_info" in err  # the topics present
     # A named topic that the bag lacks.
-    assert _eval_cli("--checkpoint", small_checkpoint, "--bag", sample_bag, "--gt-depth-topic", "/lidar/depth") == 2
+    assert eval_cli("--checkpoint", small_checkpoint, "--bag", sample_bag, "--gt-depth-topic", "/lidar/depth") == 2
     err = capsys.readouterr().err
     assert "/lidar/depth" in err and "/gt/depth" in err and "/gt/pose" in err
 
@@ -397,6 +377,6 @@ def test_corrupt_bag(small_checkpoint, tmp_path, capsys):
     bag = _bag_without_gt(tmp_path / "broken")
     (mcap,) = bag.glob("*.mcap")
     mcap.write_bytes(mcap.read_bytes()[:200])
-    assert _eval_cli("--checkpoint", small_checkpoint, "--bag", bag) == 2
+    assert eval_cli("--checkpoint", small_checkpoint, "--bag", bag) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "broken" in err and "corrupt" in err

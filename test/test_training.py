@@ -193,7 +193,8 @@ def _micro_batch_gradients(sample_bag: Path, tmp_path: Path, *overrides: str) ->
     grads, threshold = {}, None
     for micro in (4, 1, 3):
         # no random auto-mask tie-breaker: the split would draw it differently
-        cfg = tiny_cfg("optim.batch_size=4", f"train.micro_batch={micro}", "loss.photometric.automask_noise=0", *overrides)
+        micro_cfg = ("optim.batch_size=4", f"train.micro_batch={micro}", "loss.photometric.automask_noise=0")
+        cfg = tiny_cfg(*micro_cfg, *overrides)
         trainer = Trainer(cfg, [str(sample_bag)], tmp_path / f"m{micro}", progress=False)
         assert trainer.micro_batch == micro
         _frozen_batchnorm(trainer.model)

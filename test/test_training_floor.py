@@ -11,27 +11,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from small_model import GT_TOPICS, H, W, eval_cli, write_small_checkpoint
 
-from dualdepth_ros import cli
-from dualdepth_ros.config import load_config
 from dualdepth_ros.data import DataConfig, FrameSequence
 from dualdepth_ros.data.batch import to_model_batch
 from dualdepth_ros.errors import DualDepthError
-from dualdepth_ros.networks import DepthModel
-from dualdepth_ros.training.checkpoint import atomic_save, make_checkpoint, model_from_checkpoint
+from dualdepth_ros.training.checkpoint import model_from_checkpoint
 from dualdepth_ros.training.floor import FLOOR_FAR_DEPTH, _floor_cases, floor_clips, photometric_floor
-
-W, H = 96, 32
-GT_TOPICS = {"gt_depth_topic": "/gt/depth", "gt_pose_topic": "/gt/pose", "gt_moving_mask_topic": "/gt/moving_mask"}
-LIGHT = [
-    f"input.width={W}",
-    f"input.height={H}",
-    "model.encoder=resnet10",
-    "model.encoder_width=8",
-    "model.decoder_channels=[4, 8, 8, 16, 16]",
-    "pose.encoder=resnet10",
-    "pose.encoder_width=8",
-]
 
 
 @pytest.fixture(scope="module")
@@ -41,17 +27,7 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def small_checkpoint(tmp_path_factory, cache_dir):
-    """An untrained two-branch model at 96×32 whose data config caches frames in a temp folder."""
-    torch.manual_seed(0)
-    cfg = load_config("config/train.yaml", overrides=LIGHT)
-    model = DepthModel(cfg)
-    path = tmp_path_factory.mktemp("ckpt") / "small.pt"
-    atomic_save(make_checkpoint(model, cfg, DataConfig(cache_dir=str(cache_dir)), step=7), path)
-    return path
-
-
-def _eval_cli(*argv):
-    return cli.main(["eval", *map(str, argv)])
+    return write_small_checkpoint(tmp_path_factory.mktemp("ckpt"), cache_dir)
 
 
 def _store(sample_bag, cache_dir, width=W, height=H):
@@ -115,7 +91,7 @@ def test_photometric_floor_is_far_below_an_untrained_model_and_in_the_cli(
     with pytest.raises(DualDepthError, match="no clip whose frames all have a GT pose"):
         photometric_floor(loaded, [dataclasses.replace(store, gt_pose=holes * np.nan)], max_clips=8)
 
-    rc = _eval_cli(
+    rc = eval_cli(
         "--checkpoint", small_checkpoint, "--bag", sample_bag, "--max-frames", 4, "--no-pose",
         "--photometric-floor", 8, "--json", "-",
     )  # fmt: skip
