@@ -21,6 +21,8 @@ setup(
         ("share/" + package_name + "/launch", files("launch/*.py")),
         ("share/" + package_name + "/config", files("config/*.yaml") + files("config/*.rviz")),
         ("share/" + package_name + "/config/ablations", files("config/ablations/*.yaml")),
+        ("share/" + package_name + "/config/ladder", files("config/ladder/*.yaml")),
+        ("share/" + package_name + "/config/bench", files("config/bench/*.yaml")),
         ("share/" + package_name + "/models", files("models/*.*")),
         ("share/" + package_name + "/models/dualdepth_default", files("models/dualdepth_default/*")),
     ],

@@ -261,6 +261,8 @@ def test_memory_plan_picks_the_largest_micro_batch_that_fits_and_refuses_one_tha
     assert plan.micro_batch in (4, 5), plan  # (614 − 50) / 100 ≈ 5.6 → 5 (4 with sampling slack)
     assert plan.accumulation == -(-12 // plan.micro_batch)
     assert "micro-batch" in plan.describe() and "GiB per clip" in plan.describe()
+    passes = [len(c) for c in torch.arange(12).tensor_split(plan.accumulation)]  # as Trainer.train_step splits
+    assert plan.split() == " + ".join(map(str, passes)) and f"({plan.split()})" in plan.describe()
     with pytest.raises(DualDepthError, match="one training clip needs about .* lower input.width"):
         plan_micro_batch(trial, 12, torch.device("cpu"), fraction=1.0, available=0.1 * GiB)
 

@@ -47,9 +47,15 @@ class MemoryPlan:
     def describe(self) -> str:
         return (
             f"memory: a step needs {self.fixed / GiB:.2f} GiB + {self.per_clip / GiB:.2f} GiB per clip "
-            f"({self.device}, measured); {self.available / GiB:.1f} GiB available → micro-batch "
-            f"{self.micro_batch} × {self.accumulation} accumulation step(s) = batch {self.batch}"
+            f"({self.device}, measured); {self.available / GiB:.1f} GiB available → micro-batch of at most "
+            f"{self.micro_batch} clips: batch {self.batch} in "
+            + ("one pass" if self.accumulation == 1 else f"{self.accumulation} passes ({self.split()}) by accumulation")
         )
+
+    def split(self) -> str:
+        """Clips per pass, as the trainer splits a batch (``tensor_split``: as even as possible)."""
+        q, r = divmod(self.batch, self.accumulation)
+        return " + ".join(str(q + (i < r)) for i in range(self.accumulation))
 
 
 def _cgroup_limit() -> float | None:
