@@ -18,6 +18,7 @@ from dualdepth_ros.config import (
 )
 from dualdepth_ros.data import DataConfig
 from dualdepth_ros.losses import clip_layout
+from dualdepth_ros.training.trainer import TrainSection
 
 ABLATIONS = Path(__file__).resolve().parents[1] / "config" / "ablations"
 
@@ -27,8 +28,10 @@ def test_default_file_equals_schema_defaults() -> None:
     assert DEFAULT_CONFIG.exists()
     documented = config_to_dict(load_config())
     data = documented.pop("data")  # the data section is typed by DataConfig (dualdepth_ros.data)
+    train = documented.pop("train")  # and the train section by the trainer's TrainSection
     assert documented == config_to_dict(Config())
     assert data == dataclasses.asdict(DataConfig())
+    assert train == dataclasses.asdict(TrainSection())
 
 
 def test_full_method_values_from_method_md() -> None:
