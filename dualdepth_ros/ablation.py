@@ -154,12 +154,16 @@ def _display_path(path: str | Path) -> str:
         return str(p)
 
 
-def describe_budget(cfg: Any, total_steps: int, files: list[str], overrides: list[str]) -> str:
-    """The budget in words (steps, batch, input, encoders, seed) and the files that set it."""
+def describe_budget(
+    cfg: Any, total_steps: int, files: list[str], overrides: list[str], seeds: list[int] | None = None
+) -> str:
+    """The budget in words (steps, batch, input, encoders, seed or seeds) and the files that set it."""
+    seeds = seeds if seeds and len(seeds) > 1 else [cfg.optim.seed]
     text = (
         f"{total_steps} steps × batch {cfg.optim.batch_size} at {cfg.input.width}×{cfg.input.height}, "
         f"depth encoder {cfg.model.encoder} (width {cfg.model.encoder_width}), "
-        f"pose encoder {cfg.pose.encoder} (width {cfg.pose.encoder_width}), seed {cfg.optim.seed}"
+        f"pose encoder {cfg.pose.encoder} (width {cfg.pose.encoder_width}), "
+        + (f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(str(x) for x in seeds)}")
     )
     return text + " (`" + " + ".join([*files, *overrides]) + "`)"
 
@@ -242,10 +246,8 @@ def run(args: argparse.Namespace) -> int:
             )
             if reference is None:  # the budget's input size and frames are the same for every variant
                 budget_text = describe_budget(
-                    loaded.cfg, int(ckpt["total_steps"]), [_display_path(budget)], list(args.set)
+                    loaded.cfg, int(ckpt["total_steps"]), [_display_path(budget)], list(args.set), args.seeds
                 )
-                if len(args.seeds) > 1:
-                    budget_text += f", seeds {', '.join(str(x) for x in args.seeds)}"
                 loaded.model.depth = ConstantDepthNet()
                 reference = evaluate(loaded, frames, with_pose=False)
         gt_parts = tuple(_replaced_by_ground_truth(loaded.cfg))

@@ -162,3 +162,13 @@ def test_seeds_are_averaged_with_their_spread() -> None:
     cells = _row("x", merged["eval"], merged["train_seconds"])
     assert cells[1] == "0.300 ± 0.082" and cells[2] == "0.500 ± 0.000" and cells[3] == "—" and cells[-1] == "2.0"
     assert _row("x", merged["eval"], None, ("depth",))[1:6] == ["—"] * 5  # a rung with GT depth: no depth figures
+
+
+def test_the_budget_names_every_seed_once() -> None:
+    from dualdepth_ros.ablation import describe_budget
+    from dualdepth_ros.config import load_config
+
+    cfg = load_config("config/train.yaml", overrides=["optim.seed=7"])
+    assert describe_budget(cfg, 5, ["b.yaml"], [])[-len("seed 7 (`b.yaml`)") :] == "seed 7 (`b.yaml`)"
+    text = describe_budget(cfg, 5, ["b.yaml"], [], [0, 1, 2])
+    assert "seeds 0, 1, 2 (`b.yaml`)" in text and "seed 7" not in text
