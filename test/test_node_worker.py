@@ -126,20 +126,32 @@ def test_newest_frame_only_under_a_fast_input(ros) -> None:
             rig.send(1_000_000_000 + k * 10_000_000, info=False)
             k += 1
             time.sleep(0.01)
-        assert wait_until(lambda: len(rig.depth) > 0 and time.monotonic() - rig.depth[-1][0] > 0.3, 5)
+
+        # Wait until every received frame is accounted for (run and published, or dropped) and has arrived.
+        def settled() -> bool:
+            st = rig.node.stats.snapshot()
+            return st["received"] == st["dropped"] + st["published"] and len(rig.depth) == st["published"] - 1
+
+        assert wait_until(settled, 10), rig.node.stats.snapshot()
         stats = rig.node.stats.snapshot()
         n_out = len(rig.depth)
         assert stats["received"] >= 0.7 * k  # best effort: a loaded CI box may lose a few in DDS
-        assert 10 <= n_out <= 2.0 / 0.05 + 5  # about the backend's own rate, not the input's
+        # At most the backend's own rate, not the input's; at least a few (a loaded 2-core CI box slows the
+        # worker: the GIL is shared with this 100 Hz publisher and both nodes' executor).
+        assert 3 <= n_out <= 2.0 / 0.05 + 5, n_out
+        assert stats["published"] == backend.calls, stats  # whatever ran was published
+        assert n_out == stats["published"] - 1, (n_out, stats)  # and arrived (reliable; the first was cleared)
         assert stats["dropped"] >= k // 2
         assert stats["received"] == stats["dropped"] + backend.calls  # every frame either ran or was dropped
         stamps = [stamp_ns(m.header) for _, m in rig.depth]
         assert stamps == sorted(stamps) and set(stamps) <= set(rig.sent)
-        latency = [t - rig.sent[stamp_ns(m.header)] for t, m in rig.depth]
-        # One frame in the backend plus at most one waiting: ~2 backend times (0.1 s) plus scheduling slack;
-        # a backlog would grow to seconds over the 2 s run.
-        assert np.percentile(latency, 95) < 0.4, latency
-        assert latency[-1] < 0.4
+        # The node's own latency (receive → publish) stays about one frame deep: a frame waits for at most the
+        # one in the backend (0.05 s here). A backlog of the ~100 frames sent, at ≥ 0.05 s each, would reach
+        # seconds by the end, with a median of seconds. The bound is loose because this client shares the
+        # process, the GIL and the executor with the node and the 100 Hz publisher, which stalls the worker
+        # now and then (median 0.06-0.31 s, p95 0.5-3 s measured on this 2-core machine); the
+        # separate-process load test (test_node_load.py) bounds the latency end to end.
+        assert stats["latency_p50_s"] < 1.0, stats
         assert wait_until(lambda: rig.diag and int(rig.diag_value(rig.diag[-1], "frames dropped")) > 0, 3)
 
 
@@ -159,6 +171,13 @@ def test_backend_failure_turns_diagnostics_to_error_and_recovers(ros) -> None:
         assert "simulated device failure" in rig.diag_value(status, "last error")
         assert int(rig.diag_value(status, "backend errors")) >= 1
         assert len(rig.depth) == 1  # nothing published while failing
+
+        def all_failed() -> bool:  # frames 2-5 each failed or were dropped for a newer one: none still waits
+            st = rig.node.stats.snapshot()
+            return st["received"] == 5 and st["backend_errors"] + st["dropped"] == 4
+
+        assert wait_until(all_failed, 5), rig.node.stats.snapshot()
+        assert len(rig.depth) == 1
         backend.fail = False
         rig.send(10)
         assert wait_until(lambda: len(rig.depth) == 2, 5)
