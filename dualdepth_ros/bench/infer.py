@@ -124,8 +124,13 @@ def _load() -> list[float]:
 
 
 def _model_for_size(
-    model_dir: Path, size: tuple[int, int], checkpoint: str | None, tmp: Path, log: Callable[[str], None]
+    model_dir: Path, size: tuple[int, int], checkpoint: Any | None, tmp: Path, log: Callable[[str], None]
 ) -> Path:
+    """The model folder for ``size``: ``model_dir`` itself, or an export at that size to ``tmp``.
+
+    ``checkpoint`` is the :class:`~dualdepth_ros.training.checkpoint.LoadedModel` of ``--checkpoint``
+    (already read), or None to export from the folder's ``weights.pt``.
+    """
     from ..inference import load_metadata
 
     md = load_metadata(model_dir)
@@ -198,6 +203,11 @@ def run(args: argparse.Namespace) -> int:
     model_dir = Path(args.model)
     md = load_metadata(model_dir)
     sizes = list(dict.fromkeys(_parse_size(s, (md.input_width, md.input_height)) for s in args.sizes))
+    checkpoint = None
+    if args.checkpoint:  # read it (weights only: no code in it runs) before anything is timed or exported
+        from ..training.checkpoint import model_from_checkpoint
+
+        checkpoint = model_from_checkpoint(args.checkpoint)
     names = [n for n, (b, _) in CONFIGS.items() if b in args.backend]
     threads = args.threads or None
     lines: list[str] = []
@@ -218,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         for size in sizes:
             label = f"{size[0]}x{size[1]}"
-            folder = _model_for_size(model_dir, size, args.checkpoint, tmp, log)
+            folder = _model_for_size(model_dir, size, checkpoint, tmp, log)
             backends: dict[str, Any] = {}
             entry: dict[str, Any] = {}
             for name in names:

@@ -6,11 +6,19 @@ and what is needed to rebuild the model and its input pipeline: the training con
 the input size and the intrinsics convention. It is written to a temporary file in the
 same directory, flushed to disk, then renamed over the target, so an interrupted run
 never leaves a half-written checkpoint.
+
+Checkpoints are what people download and share, so reading one never runs code from it:
+:func:`load_checkpoint` unpickles with ``torch.load(..., weights_only=True)`` (tensors and plain
+Python data only). Every entry is written in that form, RNG states included (numpy's key as a
+tensor). Checkpoints written before that hold numpy's RNG state as an ``ndarray``; for them only
+numpy's data-only reconstruction functions (array, dtype, scalar) are allowed, nothing that can
+import or call anything else.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
 from dataclasses import dataclass as dataclasses_dataclass
@@ -62,25 +70,88 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
+def _numpy_data_globals() -> list[Any]:
+    """The data-only unpickling globals of numpy (old checkpoints' RNG state), under numpy 1 and numpy 2 names.
+
+    ``_reconstruct`` makes an empty array of a given dtype and shape, ``scalar`` one value from its
+    bytes, ``dtype`` a data type from its code; the array's contents and the dtype's byte order are
+    then set from plain data (the numeric and bool dtype classes only: no object arrays). None of
+    them imports a module or calls a function named by the file.
+    """
+    try:
+        from numpy._core import multiarray  # numpy >= 2 (numpy.core is its deprecated alias)
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray
+
+    numeric = [type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"]
+    allowed: list[Any] = [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar, *numeric]
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # pickled by numpy 1.x / 2.x
+        allowed += [(multiarray._reconstruct, f"{module}._reconstruct"), (multiarray.scalar, f"{module}.scalar")]
+    return allowed
+
+
+def _unpickling_reason(err: BaseException) -> str:
+    """The line of a ``weights_only`` refusal that names what was refused (torch's message is a paragraph)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    named = [ln for ln in lines if any(w in ln for w in ("GLOBAL", "Unsupported", "Can only build"))]
+    line = (named or lines or [type(err).__name__])[0]
+    return line.split(". ")[0].rstrip(".")[:200]
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`atomic_save`; a clear error if it is missing or corrupt."""
+    """Load a checkpoint written by :func:`atomic_save` without running any code stored in it.
+
+    ``torch.load(..., weights_only=True)`` (module docstring): a file whose pickle names any other
+    Python object (a class, a function such as ``os.system``) is refused, in the zip and in the
+    legacy format.
+
+    Raises
+    ------
+    DualDepthError : the file is missing, is not a checkpoint, is corrupt, or holds objects
+        other than tensors and plain data (one line, naming the refused object).
+    """
     path = Path(path)
     if not path.is_file():
         raise DualDepthError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise DualDepthError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+        with torch.serialization.safe_globals(_numpy_data_globals()):
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" not in str(err).lower():
+            reason = (str(err).strip().splitlines() or [""])[0][:200]
+            raise DualDepthError(f"cannot read checkpoint {path} (corrupt or not a .pt file: {reason})") from None
+        raise DualDepthError(
+            f"refusing checkpoint {path}: it holds Python objects other than tensors and plain data "
+            f"({_unpickling_reason(err)}), and loading them could run code; use a checkpoint written by "
+            "dualdepth train or dualdepth pack"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - any other failure to read it means a corrupt or foreign file
+        reason = (str(err).strip().splitlines() or [""])[0][:200]
+        raise DualDepthError(
+            f"cannot read checkpoint {path} ({type(err).__name__}: {reason}); is it a dualdepth_ros .pt file?"
+        ) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise DualDepthError(f"{path} is not a dualdepth_ros checkpoint (no 'model' entry)")
     return ckpt
 
 
 def rng_state() -> dict[str, Any]:
-    """Every RNG state a training step can consume."""
+    """Every RNG state a training step can consume, in a form ``weights_only`` loading reads back.
+
+    ``python``: :func:`random.getstate` (a tuple of ints); ``numpy``: the legacy global
+    ``MT19937`` state as a dict whose 624-word key is an int64 tensor; ``torch`` (and ``cuda``):
+    uint8 tensors.
+    """
+    name, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {
+            "bit_generator": str(name),
+            "key": torch.from_numpy(np.asarray(key, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(gauss),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -89,12 +160,30 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore the states captured by :func:`rng_state`."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    """Restore the states captured by :func:`rng_state` (or by older versions: numpy's state as a tuple)."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(int(v) for v in internal), gauss))
+    npstate = state["numpy"]
+    if isinstance(npstate, dict):
+        key = torch.as_tensor(npstate["key"]).cpu().numpy().astype(np.uint32)
+        npstate = (npstate["bit_generator"], key, npstate["pos"], npstate["has_gauss"], npstate["cached_gaussian"])
+    np.random.set_state(npstate)
+    torch.set_rng_state(state["torch"].cpu())  # a checkpoint loaded with map_location=cuda moved it
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy scalars and arrays turned into Python numbers and lists (for ``weights_only``)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
 
 
 # ---------------------------------------------------------------------------------------
@@ -128,7 +217,7 @@ def make_checkpoint(model: torch.nn.Module, cfg: Any, data_cfg: Any, **state: An
         "input": {"width": cfg.input.width, "height": cfg.input.height, "resize_mode": data_cfg.resize_mode},
         "intrinsics_convention": INTRINSICS_CONVENTION,
         "package_version": __version__,
-        **state,
+        **{k: (v if k in ("optimizer", "scheduler", "scaler", "rng") else _plain(v)) for k, v in state.items()},
     }
 
 

@@ -174,6 +174,8 @@ class Trainer:
         if sorted(self.data_cfg.frame_offsets) != offsets:
             self.data_cfg = dataclasses.replace(self.data_cfg, frame_offsets=offsets)
         self._check_run_dir(resume)
+        # Read (and check) the checkpoint to resume before any data is decoded: a bad file fails at once.
+        resume_ckpt = self._read_resume(self.out / "last.pt") if resume else None
 
         # Decode once on rank 0 (it fills the cache); the others then read the cache.
         if self.dist.enabled and not self.dist.is_main:
@@ -223,8 +225,8 @@ class Trainer:
         self._fit_t0: float | None = None
         self.micro_batch = 0
         self.memory_plan: MemoryPlan | None = None
-        if resume:
-            self._load(self.out / "last.pt")
+        if resume_ckpt is not None:
+            self._restore(resume_ckpt)
         if not self.micro_batch:  # a resumed run keeps its micro-batch (same arithmetic as without the stop)
             self._choose_micro_batch()
         self.net: torch.nn.Module = self.model
@@ -367,9 +369,12 @@ class Trainer:
         )
         return atomic_save(ckpt, self.out / "snapshots" / f"step_{self.step:06d}.pt")
 
-    def _load(self, path: Path) -> None:
+    def _read_resume(self, path: Path) -> dict[str, Any]:
+        """The checkpoint ``path`` to resume (read without running code), checked against this run's config."""
         ckpt = load_checkpoint(path, map_location=self.device)
-        mine = _method_signature(make_checkpoint(self.model, self.cfg, self.data_cfg)["config"])
+        cfg_dict = config_to_dict(self.cfg)
+        cfg_dict["data"] = dataclasses.asdict(self.data_cfg)
+        mine = _method_signature(cfg_dict)
         theirs = _method_signature(ckpt.get("config", {}))
         if mine != theirs:
             changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
@@ -377,6 +382,10 @@ class Trainer:
                 f"{path} was trained with another configuration (sections that differ: {', '.join(changed)}); "
                 "resume with the same --config/--set/topics, or start a new --out"
             )
+        return ckpt
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        """Continue the run saved in ``ckpt`` (model, optimiser, schedule, step, RNG states)."""
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
