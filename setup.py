@@ -27,6 +27,9 @@ setup(
         ("share/" + package_name + "/models/dualdepth_default", files("models/dualdepth_default/*")),
     ],
     install_requires=["setuptools"],
+    # `colcon test` picks its test runner from the test dependencies: naming pytest here makes it run the pytest
+    # suite (with JUnit XML for `colcon test-result`) instead of falling back to unittest, which finds no test.
+    extras_require={"test": ["pytest"]},
     zip_safe=True,
     maintainer="dualdepth_ros maintainers",
     maintainer_email="maintainers@dualdepth.invalid",

@@ -1,6 +1,7 @@
 """The package is a real ament_python package: metadata, install layout and the CLI contract."""
 
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -35,10 +36,17 @@ def test_package_xml_is_format3_with_rosdep_keys(repo_root: Path) -> None:
 
 
 def test_colcon_install_layout(repo_root: Path) -> None:
-    """`make build` ran colcon; the install tree has the ROS-style executable and share files."""
-    install = repo_root / "install" / "dualdepth_ros"
-    if not install.exists():
+    """`make build` ran colcon; the install tree has the ROS-style executable and share files.
+
+    The install tree is the clone's own ``install/`` (``make build``), else the one a sourced ROS
+    workspace puts on ``AMENT_PREFIX_PATH`` (``colcon test`` in ``~/ros2_ws`` after ``source install/setup.bash``).
+    """
+    candidates = [repo_root / "install" / "dualdepth_ros"]
+    candidates += [Path(p) for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    found = [p for p in candidates if (p / "share" / "dualdepth_ros" / "package.xml").exists()]
+    if not found:
         pytest.fail("install/ is missing: run `make build` (part of `make test`) before the tests")
+    install = found[0]
     assert os.access(install / "lib" / "dualdepth_ros" / "dualdepth", os.X_OK)
     share = install / "share" / "dualdepth_ros"
     assert (share / "package.xml").exists()
@@ -69,3 +77,17 @@ def test_unknown_command_fails() -> None:
     )
     assert proc.returncode == 2
     assert "invalid choice" in proc.stderr
+
+
+#: package.xml test dependency → the Python module a test must import for the declaration to be true.
+TEST_DEPEND_MODULES = {"python3-pytest": "pytest", "launch_testing": "launch_testing"}
+
+
+def test_every_declared_test_dependency_is_used(repo_root: Path) -> None:
+    """A ``<test_depend>`` (e.g. an ament linter) is declared only when a test uses it."""
+    root = ET.parse(repo_root / "package.xml").getroot()
+    declared = [e.text for e in root.findall("test_depend")]
+    sources = "\n".join(p.read_text() for p in (repo_root / "test").glob("*.py"))
+    for key in declared:
+        module = TEST_DEPEND_MODULES.get(key, key)
+        assert re.search(rf"^\s*(import|from) {module}\b", sources, re.M), f"{key} is declared but no test uses it"
