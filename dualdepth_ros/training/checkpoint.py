@@ -40,6 +40,7 @@ __all__ = [
     "make_checkpoint",
     "LoadedModel",
     "model_from_checkpoint",
+    "weights_mismatch",
 ]
 
 #: Written into every checkpoint so that evaluation/export rebuild the input pipeline the same way.
@@ -132,6 +133,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         ) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise DualDepthError(f"{path} is not a dualdepth_ros checkpoint (no 'model' entry)")
+    weights = ckpt["model"]
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        what = type(weights).__name__ if not isinstance(weights, dict) else "a dict holding other things than tensors"
+        raise DualDepthError(
+            f"{path} is not a dualdepth_ros checkpoint: its 'model' entry is {what}, not a state dict of tensors"
+        )
     return ckpt
 
 
@@ -221,6 +228,25 @@ def make_checkpoint(model: torch.nn.Module, cfg: Any, data_cfg: Any, **state: An
     }
 
 
+def weights_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str | None:
+    """The first difference between two state dicts' keys and shapes, in words; None when they fit.
+
+    Parameters
+    ----------
+    expected : the state dict of the network to load into (its keys and shapes are the reference).
+    given : the weights to load (dtypes may differ: float16 weights load into float32 networks).
+    """
+    for key, ref in expected.items():
+        if key not in given:
+            return f"missing key {key!r} (shape {tuple(ref.shape)})"
+        if tuple(given[key].shape) != tuple(ref.shape):
+            return f"{key!r} has shape {tuple(given[key].shape)}, the network expects {tuple(ref.shape)}"
+    for key, value in given.items():
+        if key not in expected:
+            return f"unexpected key {key!r} (shape {tuple(value.shape)})"
+    return None
+
+
 @dataclasses_dataclass
 class LoadedModel:
     """A trained model rebuilt from a checkpoint (in eval mode)."""
@@ -244,14 +270,15 @@ def model_from_checkpoint(path_or_ckpt: str | os.PathLike | dict[str, Any], devi
     ckpt = path_or_ckpt if isinstance(path_or_ckpt, dict) else load_checkpoint(path_or_ckpt)
     if ckpt.get("format") != FORMAT:
         raise DualDepthError(f"unsupported checkpoint format {ckpt.get('format')!r} (expected {FORMAT})")
+    if not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt.get("model"), dict):
+        raise DualDepthError("the checkpoint lacks its training config or its weights ('config' and 'model')")
     cfg_dict = dict(ckpt["config"])
     data = DataConfig.coerce(cfg_dict.pop("data", None))
     cfg = config_from_dict(cfg_dict)
     model = DepthModel(cfg)
-    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
-    if missing or unexpected:
-        raise DualDepthError(
-            f"checkpoint weights do not fit its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+    mismatch = weights_mismatch(model.state_dict(), ckpt["model"])
+    if mismatch:
+        raise DualDepthError(f"the checkpoint's weights do not fit its own config: {mismatch}")
+    model.load_state_dict(ckpt["model"])
     model.to(device).eval()
     return LoadedModel(model=model, cfg=cfg, data=data, checkpoint=ckpt)

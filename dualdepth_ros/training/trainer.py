@@ -372,6 +372,12 @@ class Trainer:
     def _read_resume(self, path: Path) -> dict[str, Any]:
         """The checkpoint ``path`` to resume (read without running code), checked against this run's config."""
         ckpt = load_checkpoint(path, map_location=self.device)
+        lacking = [k for k in ("step", "optimizer", "scheduler", "scaler", "rng") if k not in ckpt]
+        if lacking:
+            raise DualDepthError(
+                f"{path} is a packed model file, not a training checkpoint (no {', '.join(lacking)}): it cannot be "
+                f"resumed; to train from its weights with a fresh optimiser, start a new --out with --init {path}"
+            )
         cfg_dict = config_to_dict(self.cfg)
         cfg_dict["data"] = dataclasses.asdict(self.data_cfg)
         mine = _method_signature(cfg_dict)
