@@ -50,6 +50,7 @@ from rosbags.typesys.store import Typestore
 
 from .errors import DualDepthError
 from .images import compressed_fields, image_fields
+from .outdir import BAG, check_output_dir, replace_dir
 
 __all__ = [
     "ROS_DISTRO_STORE",
@@ -248,28 +249,6 @@ def pose_to_matrix(pose: Any) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------
-def _looks_like_bag(path: Path) -> bool:
-    """True for a directory that holds only what a rosbag2 directory holds."""
-    allowed = {".yaml", ".mcap", ".db3", ".zstd", ".db3-shm", ".db3-wal", ".md", ".txt"}
-    entries = list(path.iterdir())
-    return any(e.name == "metadata.yaml" for e in entries) and all(
-        e.is_file() and "".join(e.suffixes[-1:]) in allowed for e in entries
-    )
-
-
-def _check_destination(path: Path, overwrite: bool) -> None:
-    if path.is_symlink() or (path.exists() and not path.is_dir()):
-        raise DualDepthError(f"output path {path} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise DualDepthError(f"output directory {path} is not empty (use --overwrite to replace it)")
-        if not _looks_like_bag(path):
-            raise DualDepthError(
-                f"output directory {path} is not empty and does not look like a rosbag2 directory "
-                "(metadata.yaml plus .mcap/.db3 files); refusing to delete it even with --overwrite"
-            )
-
-
 class BagWriter:
     """Atomic rosbag2 writer (context manager).
 
@@ -278,8 +257,8 @@ class BagWriter:
     path : the bag directory to create.
     storage : ``"mcap"`` or ``"sqlite3"``.
     overwrite : replace an existing, non-empty ``path``. Only a directory that looks like a
-        rosbag2 bag (``metadata.yaml`` plus storage files) is ever replaced; anything else is
-        refused, so a typo cannot delete a home directory.
+        rosbag2 bag (``metadata.yaml`` plus storage files, :func:`.outdir.looks_like_bag`) is ever
+        replaced; anything else is refused, so a typo cannot delete a home directory.
     compression : ``"zstd"``, ``"none"`` or ``None`` (default: zstd chunks for mcap, none for sqlite3).
     version : rosbag2 metadata format version written (8, the default, or 9; see the module notes).
 
@@ -315,7 +294,7 @@ class BagWriter:
         self.overwrite = bool(overwrite)
         self.compression = ("zstd" if storage == "mcap" else "none") if compression is None else compression
         self.version = version
-        _check_destination(self.path, self.overwrite)
+        check_output_dir(self.path, self.overwrite, BAG)
         self._tmpdir: Path | None = None
         self._writer: Writer | None = None
         self._connections: dict[str, Any] = {}
@@ -364,14 +343,7 @@ class BagWriter:
         assert tmpdir is not None
         try:
             writer.close()
-            _check_destination(self.path, self.overwrite)  # the world may have changed meanwhile
-            trash = None
-            if self.path.exists():
-                trash = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:12]}"
-                self.path.rename(trash)
-            (tmpdir / self.path.name).rename(self.path)
-            if trash is not None:
-                shutil.rmtree(trash, ignore_errors=True)
+            replace_dir(tmpdir / self.path.name, self.path, self.overwrite, BAG)  # checks the destination again
         except BaseException:
             self._writer = None
             shutil.rmtree(tmpdir, ignore_errors=True)

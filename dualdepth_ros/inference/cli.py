@@ -29,7 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--per-branch", action="store_true", help="also output depth_branch{b} / confidence_branch{b} per branch"
     )
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing model folder at --out (any other folder is refused)",
+    )
     p.add_argument("--device", default="cpu", help="where the model is traced: cpu (default), cuda or cuda:N")
     p.add_argument(
         "--engine",

@@ -20,9 +20,11 @@ the confidence comparison and the ``argmax`` stay float32 (see ``ExportModule``)
 default and what TensorRT should be given (it builds fp16 engines from an fp32 graph itself).
 
 The folder is written to a temporary sibling and renamed into place, so ``--out`` holds either
-the previous export or the complete new one. ``onnx_sha256`` in ``model.json`` is the SHA-256 of
-the final ``model.onnx`` bytes; the ONNX ``metadata_props`` hold every other field (a file cannot
-contain its own hash). Needs torch and onnx (an export machine), not the runtime.
+the previous export or the complete new one; ``overwrite`` replaces only an exported model folder
+(:func:`dualdepth_ros.outdir.looks_like_model`), never a folder holding anything else.
+``onnx_sha256`` in ``model.json`` is the SHA-256 of the final ``model.onnx`` bytes; the ONNX
+``metadata_props`` hold every other field (a file cannot contain its own hash). Needs torch and
+onnx (an export machine), not the runtime.
 """
 
 from __future__ import annotations
@@ -35,8 +37,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
-import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -47,6 +47,7 @@ import torch
 
 from .. import __version__
 from ..errors import DualDepthError
+from ..outdir import MODEL, check_output_dir, check_separate, replace_dir, temporary_sibling
 from .backend import ModelError
 from .metadata import (
     FORMAT,
@@ -293,38 +294,10 @@ def _verify(tmp: Path, metadata: ModelMetadata, reference: torch.nn.Module, log:
     return worst
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise DualDepthError(f"--out {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise DualDepthError(f"--out {out} is not empty; pass --overwrite to replace it")
-
-
-def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Rename the finished temporary folder to ``out`` (replacing an old one only with ``overwrite``)."""
-    backup = None
-    if out.is_dir():
-        if any(out.iterdir()):
-            if not overwrite:
-                raise DualDepthError(f"--out {out} is not empty; pass --overwrite to replace it")
-            backup = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(out, backup)
-        else:
-            out.rmdir()
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if backup is not None:
-            os.replace(backup, out)
-        raise
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
-    with contextlib.suppress(OSError):  # make the rename durable
-        fd = os.open(out.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _prepare_out(out: Path, overwrite: bool, inputs: dict[str, Any]) -> None:
+    """Refuse ``out`` before any work: not a replaceable model folder, or overlapping an input."""
+    check_output_dir(out, overwrite, MODEL)
+    check_separate(out, inputs)
 
 
 def export_model(
@@ -346,7 +319,8 @@ def export_model(
     ----------
     checkpoint : a checkpoint path (``dualdepth train``/``pack`` output) or a
         :class:`~dualdepth_ros.training.checkpoint.LoadedModel`.
-    out_dir : the model folder to write (must be empty or absent unless ``overwrite``).
+    out_dir : the model folder to write (must be empty or absent; with ``overwrite``, an existing model
+        folder is replaced; any other folder is refused, and so is one that holds the checkpoint).
     precision : ``fp32`` or ``fp16`` (weights and compute of the graph; I/O stays float32).
     height, width : the graph's input size (default: the checkpoint's training size).
     per_branch : also expose ``depth_branch{b}`` / ``confidence_branch{b}``.
@@ -366,7 +340,7 @@ def export_model(
     if precision not in ("fp32", "fp16"):
         raise DualDepthError(f"precision must be fp32 or fp16, got {precision!r}")
     out = Path(out_dir)
-    _prepare_out(out, overwrite)
+    _prepare_out(out, overwrite, {"--checkpoint": None if isinstance(checkpoint, LoadedModel) else checkpoint})
     try:
         dev = torch.device(device)
     except RuntimeError as err:
@@ -403,12 +377,8 @@ def export_model(
         log(f"note: the model was trained at {trained[0]}x{trained[1]}; exporting at {width}x{height}")
     was_training = net.training
     net.eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = temporary_sibling(out)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a model folder is an ordinary folder
         served = net if precision == "fp32" else copy.deepcopy(net).half()
         module = ExportModule(served, per_branch=per_branch, precision=precision)
         log(f"exporting {width}x{height} {precision} on {net_device} (opset {md.opset}) …")
@@ -426,7 +396,7 @@ def export_model(
         if digest != md.weights_sha256:  # pragma: no cover - the same tensors hashed twice
             raise ModelError("weights.pt does not hold the checkpoint's depth weights")
         _verify(tmp, md, ExportModule(net, per_branch=True).eval(), log)
-        _publish(tmp, out, overwrite)
+        replace_dir(tmp, out, overwrite, MODEL)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -461,7 +431,7 @@ def export_resized(
     if int(width) < 1 or int(height) < 1:
         raise DualDepthError(f"the input size must be positive, got {width}x{height}")
     out = Path(out_dir)
-    _prepare_out(out, overwrite)
+    _prepare_out(out, overwrite, {"the model folder": src})
     net, info = load_weights(src / WEIGHTS_FILE)
     if info.get("weights_sha256") != md.weights_sha256:
         raise ModelError(f"{src / WEIGHTS_FILE} does not hold the weights {src / METADATA_FILE} describes")
@@ -474,8 +444,7 @@ def export_resized(
         package_version=__version__,
         onnx_sha256=_PLACEHOLDER,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = temporary_sibling(out)
     try:
         served = net if md.precision == "fp32" else copy.deepcopy(net).half()
         module = ExportModule(served, per_branch=md.per_branch, precision=md.precision)
@@ -486,7 +455,7 @@ def export_resized(
         new.write_json(tmp / METADATA_FILE)
         shutil.copy2(src / WEIGHTS_FILE, tmp / WEIGHTS_FILE)
         _verify(tmp, new, ExportModule(net, per_branch=True).eval(), log)
-        _publish(tmp, out, overwrite)
+        replace_dir(tmp, out, overwrite, MODEL)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DualDepthError
+from ..outdir import DEMO_MARKER, DEMO_RUN, check_output_dir, check_separate, replace_dir, temporary_sibling
 
 __all__ = ["add_arguments", "run"]
 
@@ -55,7 +56,7 @@ OUTPUTS = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bag", default="test/data/sample_drive", help="recorded drive (default: the sample drive)")
     parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier demo run at --out (only that)")
     parser.add_argument("--model", help="model folder (default: the node's default model)")
     parser.add_argument("--backend", default="auto", help="auto, tensorrt, onnxruntime or torch")
     parser.add_argument("--scale-mode", default="camera_height", choices=("none", "fixed", "camera_height"))
@@ -125,32 +126,58 @@ def _node_status(diag: list[tuple[float, Any]]) -> dict[str, Any]:
     return {}
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: C901 - one linear script
-    from rclpy.serialization import serialize_message
+def run(args: argparse.Namespace) -> int:
+    """Check the model and the bag, then ``--out``; play the drive through depth_node (module docstring).
 
-    from ..bagio import BagWriter, read_messages
+    The run is written to a temporary folder beside ``--out`` and renamed into place at the end
+    (also when the node fails, so that ``--out/node.log`` tells why); an interrupted run leaves
+    ``--out`` as it was. ``--overwrite`` replaces only a demo run folder.
+    """
+    from ..bagio import read_messages
     from ..inference import load_metadata
     from .params import default_model_dir
-    from .player import Player, load_stream
-    from .scoring import Example, GroundTruthScorer, mosaic_rows, save_png
+    from .player import load_stream
 
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        if not args.overwrite:
-            raise DualDepthError(f"output folder {out} is not empty (use --overwrite to replace it)")
-        shutil.rmtree(out)
+    final = Path(args.out)
     model_dir = Path(args.model) if args.model else default_model_dir()
     try:
         metadata = load_metadata(model_dir)
     except FileNotFoundError as err:
         raise DualDepthError(f"no model at {model_dir}: {err} (make export-default writes the default model)") from None
-    pre = metadata.preprocessor()
     stream = load_stream(args.bag)
     gt: dict[int, Any] = {}
     try:
         gt = {_stamp(m.msg.header): m.msg for m in read_messages(args.bag, [args.gt_depth_topic])}
     except DualDepthError:
         print(f"(no {args.gt_depth_topic} in {args.bag}: accuracy is not computed)")
+    check_output_dir(final, args.overwrite, DEMO_RUN)
+    check_separate(final, {"--bag": args.bag, "--model": model_dir})
+    out = temporary_sibling(final)
+    try:
+        (out / DEMO_MARKER).write_text("written by dualdepth demo\n", encoding="utf-8")
+        _run(args, out, final, metadata.preprocessor(), stream, gt)
+    except (DualDepthError, subprocess.SubprocessError):
+        try:
+            replace_dir(out, final, args.overwrite, DEMO_RUN)  # node.log and what was measured
+        except BaseException:  # noqa: BLE001 - the demo's own error is the one to report
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    replace_dir(out, final, args.overwrite, DEMO_RUN)
+    return 0
+
+
+def _run(  # noqa: C901 - one linear script
+    args: argparse.Namespace, out: Path, final: Path, pre: Any, stream: Any, gt: dict[int, Any]
+) -> None:
+    """The demo proper, writing into ``out`` (a temporary folder that becomes ``final``)."""
+    from rclpy.serialization import serialize_message
+
+    from ..bagio import BagWriter
+    from .player import Player
+    from .scoring import Example, GroundTruthScorer, mosaic_rows, save_png
 
     env = os.environ.copy()
     env.setdefault("ROS_DOMAIN_ID", str(random.Random().randint(1, 100)))
@@ -171,7 +198,6 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - one linear script
     ros_args += ["-r", f"image:={image_remap}", "-r", f"image/compressed:={image_remap}/compressed"]
     ros_args += ["-r", f"camera_info:={stream.info_topic}"]
     cmd = [*_node_command(args.node_command), *ros_args]
-    out.mkdir(parents=True, exist_ok=True)
     print(f"starting depth_node (ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, localhost only): {shlex.join(cmd)}")
     log_file = open(out / "node.log", "w", encoding="utf-8")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
@@ -203,7 +229,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - one linear script
                 node_failed()
             if time.monotonic() > deadline:
                 raise DualDepthError(
-                    f"depth_node did not come up within {args.startup_timeout:.0f} s (see {out / 'node.log'})"
+                    f"depth_node did not come up within {args.startup_timeout:.0f} s (see {final / 'node.log'})"
                 )
             spin(0.1)
         print(
@@ -292,7 +318,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - one linear script
     acc = scorer.summary()
     summary = {
         "bag": str(args.bag),
-        "out": str(out),
+        "out": str(final),
         "node_command": cmd,
         "node_exit_status": proc.returncode,
         "frames_in": n_sent,
@@ -321,8 +347,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - one linear script
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     if not depth:
-        raise DualDepthError(f"depth_node published nothing (see {out / 'node.log'})")
-    return 0
+        raise DualDepthError(f"depth_node published nothing (see {final / 'node.log'})")
 
 
 def format_summary(s: dict[str, Any], args: argparse.Namespace) -> str:

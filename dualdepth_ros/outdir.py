@@ -1,0 +1,250 @@
+"""Output folders a command may write or replace, and how it replaces them.
+
+One rule for every command that writes a folder (``make-sample``, ``infer``, ``export``,
+``demo``): an absent or empty ``--out`` is written; a non-empty one needs ``--overwrite``,
+and even then it is replaced only when its content shows that it is *this command's kind*
+of output (:data:`KINDS`: a rosbag2 bag, an exported model folder, a demo run folder).
+Anything else — ``--out models`` with the model name forgotten, ``--out ~`` — is refused with
+one line, and nothing is deleted. A symbolic link as ``--out`` is refused as well (replacing it
+would act on what it points to, or silently drop the link).
+
+A command also refuses an ``--out`` that is, contains or lies inside one of its inputs
+(:func:`check_separate`), comparing real paths: ``--out bs`` for ``--bag bs/file.mcap``, a
+symbolic link to the bag or ``--out ../x/bs/`` are the same folder.
+
+Folders are written to a hidden temporary sibling (:func:`temporary_sibling`) and renamed into
+place (:func:`replace_dir`): ``--out`` holds either the previous output or the complete new
+one.
+
+This module imports only the standard library (and :mod:`.errors`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from .errors import DualDepthError
+
+__all__ = [
+    "OutputKind",
+    "BAG",
+    "MODEL",
+    "DEMO_RUN",
+    "DEMO_MARKER",
+    "KINDS",
+    "looks_like_bag",
+    "looks_like_model",
+    "looks_like_demo_run",
+    "real_path",
+    "check_output_dir",
+    "check_separate",
+    "temporary_sibling",
+    "replace_dir",
+]
+
+
+# ---------------------------------------------------------------------------------------
+# What a folder is
+# ---------------------------------------------------------------------------------------
+def looks_like_bag(path: Path) -> bool:
+    """True for a directory that holds only what a rosbag2 directory holds.
+
+    ``metadata.yaml`` plus plain files with a storage suffix (``.mcap``, ``.db3``, ``.zstd``,
+    sqlite's ``-shm``/``-wal``) or a text suffix (``.md``, ``.txt``, ``.yaml``).
+    """
+    allowed = {".yaml", ".mcap", ".db3", ".zstd", ".db3-shm", ".db3-wal", ".md", ".txt"}
+    entries = list(path.iterdir())
+    return any(e.name == "metadata.yaml" for e in entries) and all(
+        e.is_file() and not e.is_symlink() and "".join(e.suffixes[-1:]) in allowed for e in entries
+    )
+
+
+def _is_model_file(name: str) -> bool:
+    """A file an exported model folder holds (``dualdepth export``, the TensorRT engine cache)."""
+    if name in ("model.json", "model.onnx", "weights.pt"):
+        return True
+    if name.startswith("model.") and name.endswith((".plan", ".json")):
+        return True  # model.<key>.plan and its sidecar model.<key>.json
+    return name.startswith(".model.") and name.endswith(".tmp")  # a plan being written, left by a crash
+
+
+def looks_like_model(path: Path) -> bool:
+    """True for an exported model folder: ``model.json`` and ``model.onnx``, and only model files.
+
+    Model files: ``model.json``, ``model.onnx``, ``weights.pt``, TensorRT plans with their
+    sidecars (``model.<key>.plan``/``.json``) and temporary plan files.
+    """
+    entries = list(path.iterdir())
+    names = {e.name for e in entries}
+    return {"model.json", "model.onnx"} <= names and all(
+        e.is_file() and not e.is_symlink() and _is_model_file(e.name) for e in entries
+    )
+
+
+#: The file ``dualdepth demo`` writes first into its run folder.
+DEMO_MARKER = ".dualdepth-demo"
+#: What ``dualdepth demo`` writes into its ``--out`` folder (``bag`` is a rosbag2 directory).
+DEMO_FILES = ("bag", "mosaic.png", "summary.json", "node.log", DEMO_MARKER)
+
+
+def looks_like_demo_run(path: Path) -> bool:
+    """True for a ``dualdepth demo`` run folder: its marker or ``node.log``, and only demo outputs.
+
+    (``node.log`` counts as a marker so that runs written before the marker existed are recognised.)
+    """
+    entries = list(path.iterdir())
+    names = {e.name for e in entries}
+    if not names & {DEMO_MARKER, "node.log"}:
+        return False
+    for e in entries:
+        if e.name not in DEMO_FILES or e.is_symlink():
+            return False
+        if e.name == "bag":
+            if not e.is_dir() or (any(e.iterdir()) and not looks_like_bag(e)):
+                return False
+        elif not e.is_file():
+            return False
+    return True
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputKind:
+    """A kind of output folder: its name in messages, what it holds, and the test of its content."""
+
+    name: str
+    holds: str
+    recognise: Callable[[Path], bool]
+
+
+BAG = OutputKind("a rosbag2 directory", "metadata.yaml plus .mcap/.db3 files", looks_like_bag)
+MODEL = OutputKind("an exported model folder", "model.json, model.onnx, weights.pt, TensorRT plans", looks_like_model)
+DEMO_RUN = OutputKind("a dualdepth demo run folder", "node.log, summary.json, mosaic.png, bag/", looks_like_demo_run)
+#: Every kind, by the name a caller may use.
+KINDS: dict[str, OutputKind] = {"bag": BAG, "model": MODEL, "demo": DEMO_RUN}
+
+
+# ---------------------------------------------------------------------------------------
+# Checks
+# ---------------------------------------------------------------------------------------
+def real_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` absolute, with ``..`` and every symbolic link resolved (also for a path that does not exist)."""
+    return Path(os.path.realpath(os.path.abspath(os.path.expanduser(os.fspath(path)))))
+
+
+def check_output_dir(path: str | os.PathLike[str], overwrite: bool, kind: OutputKind) -> None:
+    """Refuse an output folder that must not be written or replaced (module docstring).
+
+    Parameters
+    ----------
+    path : the output folder (``--out``).
+    overwrite : ``--overwrite`` was given.
+    kind : what the folder must be to be replaced.
+
+    Raises
+    ------
+    DualDepthError : ``path`` is a symbolic link, a file, the root folder; or it is non-empty
+        and ``overwrite`` is not set; or it is non-empty and not of ``kind``.
+    """
+    p = Path(path)
+    if p.is_symlink():
+        raise DualDepthError(f"output path {p} is a symbolic link; give the folder itself")
+    if p.exists() and not p.is_dir():
+        raise DualDepthError(f"output path {p} exists and is not a directory")
+    if real_path(p).parent == real_path(p):
+        raise DualDepthError(f"output path {p} is the root folder")
+    if p.is_dir() and any(p.iterdir()):
+        if not overwrite:
+            raise DualDepthError(f"output directory {p} is not empty (use --overwrite to replace it)")
+        if not kind.recognise(p):
+            raise DualDepthError(
+                f"output directory {p} is not empty and does not look like {kind.name} ({kind.holds}); "
+                "refusing to delete it even with --overwrite"
+            )
+
+
+def _within(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def check_separate(out: str | os.PathLike[str], inputs: Mapping[str, str | os.PathLike[str] | None]) -> None:
+    """Refuse an output that is, contains or lies inside an input (real paths compared).
+
+    Parameters
+    ----------
+    out : the output folder.
+    inputs : option name (``"--bag"``) → the input path given (None: not given).
+
+    Raises
+    ------
+    DualDepthError : one line naming the option and both real paths.
+    """
+    o = real_path(out)
+    for option, given in inputs.items():
+        if given is None:
+            continue
+        i = real_path(given)
+        if o == i:
+            how = "is"
+        elif _within(i, o):
+            how = "contains"
+        elif _within(o, i):
+            how = "lies inside"
+        else:
+            continue
+        raise DualDepthError(
+            f"--out {out} {how} the input {option} {given} ({o} vs {i}); write the output somewhere else "
+            "(inputs are never modified)"
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------
+def temporary_sibling(out: str | os.PathLike[str], suffix: str = ".tmp") -> Path:
+    """A new hidden, empty folder next to ``out`` (``.<name>.<random><suffix>``), with the umask's mode."""
+    o = Path(os.path.abspath(os.fspath(out)))
+    o.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{o.name}.", suffix=suffix, dir=o.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; an output folder is an ordinary folder
+    return tmp
+
+
+def replace_dir(tmp: str | os.PathLike[str], out: str | os.PathLike[str], overwrite: bool, kind: OutputKind) -> None:
+    """Rename the finished folder ``tmp`` to ``out``, replacing an old ``out`` that passes :func:`check_output_dir`.
+
+    The old folder is first renamed aside (``.<name>.old-<random>``) and deleted only after the
+    new one is in place; if the rename fails it is put back. The check is repeated here because
+    the world may have changed while the output was being written.
+    """
+    tmp, out = Path(tmp), Path(os.path.abspath(os.fspath(out)))
+    check_output_dir(out, overwrite, kind)
+    backup = None
+    if out.is_dir():
+        if any(out.iterdir()):
+            backup = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:12]}")
+            os.replace(out, backup)
+        else:
+            out.rmdir()
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if backup is not None:
+            os.replace(backup, out)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+    with contextlib.suppress(OSError):  # make the rename durable
+        fd = os.open(out.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
