@@ -26,6 +26,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -307,7 +308,29 @@ class Config:
         extr = self.pose.camera_in_body
         if extr is not None and len(extr) != 7:
             raise ConfigError(f"pose.camera_in_body must be [x, y, z, qx, qy, qz, qw], got {extr}")
+        self._validate_optim()
+        for section in self.extra.values():
+            if hasattr(section, "validate"):  # a registered section checks its own values
+                section.validate()
         return self
+
+    def _validate_optim(self) -> None:
+        """The optimiser's values: a step must be able to run and to change the weights."""
+        o = self.optim
+        if o.batch_size < 1:
+            raise ConfigError(f"optim.batch_size must be at least 1 clip, got {o.batch_size} (e.g. --batch-size 4)")
+        if not o.learning_rate > 0:
+            raise ConfigError(f"optim.learning_rate must be a positive number, got {o.learning_rate} (e.g. 1e-4)")
+        if o.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be 0 or more, got {o.weight_decay}")
+        if o.epochs < 1:
+            raise ConfigError(f"optim.epochs must be at least 1, got {o.epochs}")
+        if o.lr_step_epochs < 0:
+            raise ConfigError(f"optim.lr_step_epochs must be 0 or more, got {o.lr_step_epochs}")
+        if not o.lr_gamma > 0:
+            raise ConfigError(f"optim.lr_gamma must be a positive factor, got {o.lr_gamma}")
+        if o.seed < 0:
+            raise ConfigError(f"optim.seed must be 0 or more, got {o.seed}")
 
 
 _SECTIONS: dict[str, type] = {}
@@ -330,7 +353,11 @@ def coerce_section(cls: type[_T], value: Any, name: str) -> _T:
 
 
 def register_section(name: str, cls: type) -> None:
-    """Make top-level section ``name`` typed by dataclass ``cls`` (found in ``Config.extra[name]``)."""
+    """Make top-level section ``name`` typed by dataclass ``cls`` (found in ``Config.extra[name]``).
+
+    If ``cls`` has a ``validate()`` method, :meth:`Config.validate` calls it (it raises
+    :class:`ConfigError` for a value out of range).
+    """
     if name in {f.name for f in dataclasses.fields(Config)}:
         raise ValueError(f"section {name!r} is part of the core schema")
     _SECTIONS[name] = cls
@@ -374,12 +401,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             # PyYAML reads "1e-3" (no dot) as a string; accept it if it parses.
+            number = None
             if isinstance(value, str):
                 try:
-                    return float(value)
+                    number = float(value)
                 except ValueError:
                     pass
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            if number is None:
+                raise ConfigError(f"{where}: expected a number, got {value!r}")
+            value = number
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

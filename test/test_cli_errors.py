@@ -82,3 +82,46 @@ def test_resume_from_a_packed_file_says_to_use_init(
     line = one_line_error(capsys, rc)
     assert "packed model file" in line and f"--init {run / 'last.pt'}" in line, line
     assert not (tmp_path / "frames").exists()  # refused before any data was decoded
+
+
+# ---------------------------------------------------------------------------------------
+# configuration values
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--set", "optim.batch_size=0"], "optim.batch_size must be at least 1"),
+        (["--set", "optim.batch_size=-1"], "optim.batch_size must be at least 1"),
+        (["--batch-size", "0"], "optim.batch_size must be at least 1"),
+        (["--set", "optim.learning_rate=nan"], "optim.learning_rate: expected a finite number"),
+        (["--set", "optim.learning_rate=.inf"], "optim.learning_rate: expected a finite number"),
+        (["--set", "optim.learning_rate=0"], "optim.learning_rate must be a positive number"),
+        (["--set", "optim.learning_rate=-1e-4"], "optim.learning_rate must be a positive number"),
+        (["--max-steps", "-1"], "train.max_steps (--max-steps) must be 0"),
+        (["--set", "train.log_every=0"], "train.log_every must be at least 1"),
+        (["--set", "loss.photometric.weight=.nan"], "loss.photometric.weight: expected a finite number"),
+    ],
+)
+def test_invalid_optimisation_values_are_refused_before_anything_runs(
+    argv: list[str],
+    expected: str,
+    sample_bag: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DUALDEPTH_CACHE", str(tmp_path / "frames"))
+    rc = cli.main(["train", "--bag", str(sample_bag), "--out", str(tmp_path / "run"), "--no-progress", *argv])
+    assert expected in one_line_error(capsys, rc)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "frames").exists()
+
+
+def test_the_typed_config_checks_values_for_every_entry_point() -> None:
+    from dualdepth_ros.config import ConfigError, load_config
+    from dualdepth_ros.training.trainer import TrainSection  # noqa: F401 - registers the train: section
+
+    with pytest.raises(ConfigError, match="optim.batch_size"):
+        load_config(overrides=["optim.batch_size=0"])
+    with pytest.raises(ConfigError, match="train.max_steps"):
+        load_config(overrides=["train.max_steps=-5"])
+    assert load_config(overrides=["train.max_steps=0", "optim.learning_rate=1e-3"]).optim.learning_rate == 1e-3

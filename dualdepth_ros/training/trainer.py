@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import (
     Config,
+    ConfigError,
     coerce_section,
     config_from_dict,
     config_to_dict,
@@ -94,6 +95,30 @@ class TrainSection:
     @classmethod
     def coerce(cls, value: Any) -> TrainSection:
         return coerce_section(cls, value, "train")
+
+    def validate(self) -> TrainSection:
+        """Raise :class:`~dualdepth_ros.config.ConfigError` for a value the loop cannot run with."""
+        if self.max_steps < 0:
+            raise ConfigError(
+                f"train.max_steps (--max-steps) must be 0 (train optim.epochs epochs) or more, got {self.max_steps}"
+            )
+        for name in ("image_every", "val_every", "val_max_clips", "lr_warmup_steps", "snapshot_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be 0 or more, got {getattr(self, name)}")
+        for name in ("log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be at least 1 step, got {getattr(self, name)}")
+        if self.micro_batch < 0:
+            raise ConfigError(f"train.micro_batch must be 0 (measured) or more, got {self.micro_batch}")
+        if self.num_workers < -1:
+            raise ConfigError(f"train.num_workers must be -1 (automatic) or more, got {self.num_workers}")
+        if self.grad_clip < 0:
+            raise ConfigError(f"train.grad_clip must be 0 (off) or more, got {self.grad_clip}")
+        if not 0.0 < self.memory_fraction <= 1.0:
+            raise ConfigError(f"train.memory_fraction must be in (0, 1], got {self.memory_fraction}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
+        return self
 
 
 register_section("train", TrainSection)
