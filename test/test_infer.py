@@ -8,6 +8,7 @@ accuracy table is printed; the output is atomic and a non-empty --out is refused
 
 import collections
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -151,3 +152,34 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path, capsys) -> None:
     code, err = _infer_here(capsys, "--bag", str(SAMPLE_BAG), "--out", out, "--model", str(tmp_path / "nomodel"))
     assert code == 2 and "does not exist" in err
     assert not (tmp_path / "o").exists()
+
+
+def _snapshot(folder: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("form", ["out_holds_the_bag_file", "bag_via_symlink", "dotdot_and_trailing_slash", "inside"])
+def test_out_never_replaces_or_enters_the_input_bag(tmp_path: Path, capsys, form: str) -> None:
+    """``--out`` is compared with ``--bag`` as real paths: equal, holding the bag, or inside it is refused."""
+    bs = tmp_path / "bs"
+    shutil.copytree(SAMPLE_BAG, bs)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "link").symlink_to(bs)
+    bag, out = {
+        "out_holds_the_bag_file": (bs / "sample_drive.mcap", bs),  # --bag bs/file.mcap --out bs
+        "bag_via_symlink": (tmp_path / "link", bs),  # --bag link --out bs (link → bs)
+        "dotdot_and_trailing_slash": (bs, f"{tmp_path}/x/../bs/"),  # --out ../x/bs/
+        "inside": (bs, bs / "depth"),
+    }[form]
+    before = _snapshot(tmp_path)
+    code, err = _infer_here(capsys, "--bag", str(bag), "--out", str(out), "--overwrite", "--max-frames", "2")
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "the input --bag" in lines[0] and "Traceback" not in err
+    assert _snapshot(tmp_path) == before  # the input bag is intact, nothing was added
+    # infer_bag itself (the Python API) refuses as well.
+    from dualdepth_ros.ros.infer import infer_bag
+
+    with pytest.raises(DualDepthError, match="the input --bag"):
+        infer_bag(bag, out, None, overwrite=True)  # refused before the processor is used
+    assert _snapshot(tmp_path) == before

@@ -20,7 +20,8 @@ scale mode gives metres (``camera_height`` or ``fixed``).
 
 The output is written atomically (:class:`~dualdepth_ros.bagio.BagWriter`); a non-empty ``--out``
 is refused unless ``--overwrite`` is given (and even then only a folder that looks like a bag
-is replaced).
+is replaced), and so is an ``--out`` that is, contains or lies inside the input bag (real paths
+compared: symbolic links and ``..`` do not hide it; :func:`dualdepth_ros.outdir.check_separate`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import numpy as np
 from ..bagio import CAMERA_INFO, IMAGE, BagWriter, camera_info_msg, image_msg, stamp_to_ns, typestore
 from ..errors import DualDepthError
 from ..images import ImageDecodeError
+from ..outdir import BAG, check_output_dir, check_separate
 from ..preprocess import PreprocessError
 from .params import BACKENDS, DEFAULTS, PRECISIONS, ParameterError, load_params_file, validate
 from .processing import BackendError, FrameOutput, FrameProcessor, ScaleUnknownError, open_model_backend
@@ -118,8 +120,8 @@ def infer_bag(
 
     Raises
     ------
-    DualDepthError : unreadable bag, missing topics, ``out`` not writable or not empty without
-        ``overwrite``, the backend failing (nothing is written then).
+    DualDepthError : unreadable bag, missing topics, ``out`` not writable, not empty without
+        ``overwrite``, or overlapping the bag; the backend failing (nothing is written then).
     """
     from tqdm import tqdm
 
@@ -127,8 +129,7 @@ def infer_bag(
 
     bag, out = Path(bag), Path(out)
     log = log or (lambda line: print(line, file=sys.stderr))
-    if out.absolute() == bag.absolute():
-        raise DualDepthError("--out must differ from --bag (the input bag is never modified)")
+    check_separate(out, {"--bag": bag})  # real paths: not the bag, not inside it, not holding it
     topics_out = output_topics(output_namespace)
     t_start = time.perf_counter()
     counts = {"images": 0, "published": 0, "refused": 0, "no_camera_info": 0, "no_scale": 0}
@@ -338,6 +339,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_frames is not None and args.max_frames < 1:
         raise DualDepthError("--max-frames must be at least 1")
+    check_separate(args.out, {"--bag": args.bag})  # before the model is loaded (infer_bag checks again)
+    check_output_dir(args.out, args.overwrite, BAG)
     params = resolve_params(args)
     out = sys.stderr if args.json == "-" else sys.stdout
     backend = open_model_backend(params, log=lambda line: print(line, file=out))
