@@ -344,14 +344,10 @@ class BagWriter:
         try:
             writer.close()
             replace_dir(tmpdir / self.path.name, self.path, self.overwrite, BAG)  # checks the destination again
-        except BaseException:
+        finally:  # the temporary directory goes in every case (an exception, Ctrl-C, SIGTERM as an exception)
             self._writer = None
             shutil.rmtree(tmpdir, ignore_errors=True)
             self._tmpdir = None
-            raise
-        self._writer = None
-        shutil.rmtree(tmpdir, ignore_errors=True)
-        self._tmpdir = None
 
     def abort(self) -> None:
         """Discard everything written; ``path`` is left as it was. Safe to call twice."""

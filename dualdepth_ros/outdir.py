@@ -14,7 +14,8 @@ symbolic link to the bag or ``--out ../x/bs/`` are the same folder.
 
 Folders are written to a hidden temporary sibling (:func:`temporary_sibling`) and renamed into
 place (:func:`replace_dir`): ``--out`` holds either the previous output or the complete new
-one.
+one. :func:`stop_signals_raise` turns SIGTERM into an exception for the duration of a command,
+so the temporary folder is removed on ``kill`` as it is on Ctrl-C.
 
 This module imports only the standard library (and :mod:`.errors`).
 """
@@ -25,10 +26,13 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from types import FrameType
 
 from .errors import DualDepthError
 
@@ -47,6 +51,8 @@ __all__ = [
     "check_separate",
     "temporary_sibling",
     "replace_dir",
+    "Terminated",
+    "stop_signals_raise",
 ]
 
 
@@ -248,3 +254,42 @@ def replace_dir(tmp: str | os.PathLike[str], out: str | os.PathLike[str], overwr
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------
+# Signals
+# ---------------------------------------------------------------------------------------
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread by SIGTERM inside :func:`stop_signals_raise` (``signum``: the signal)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = int(signum)
+
+
+@contextlib.contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` (SIGINT already raises ``KeyboardInterrupt``).
+
+    So ``with``/``finally`` clean-up runs on ``kill`` as on Ctrl-C. After the first signal, further
+    SIGTERM/SIGINT are ignored until the block has unwound (the clean-up is not interrupted). Outside
+    the main thread this does nothing (Python delivers signals to the main thread only).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise Terminated(signum) if signum == signal.SIGTERM else KeyboardInterrupt
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    mine = [s for s, h in old.items() if h is not None and h is not signal.SIG_IGN]  # an ignored signal stays so
+    for s in mine:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s in mine:
+            signal.signal(s, old[s])

@@ -183,3 +183,66 @@ def test_out_never_replaces_or_enters_the_input_bag(tmp_path: Path, capsys, form
     with pytest.raises(DualDepthError, match="the input --bag"):
         infer_bag(bag, out, None, overwrite=True)  # refused before the processor is used
     assert _snapshot(tmp_path) == before
+
+
+#: Runs ``dualdepth infer`` in a child process whose backend takes 50 ms a frame (100 frames: 5 s), so that
+#: a signal sent while the partial output exists lands mid-run.
+_SLOW_INFER = """
+import sys, time
+import dualdepth_ros.ros.infer as infer
+from dualdepth_ros.cli import main
+
+real = infer.open_model_backend
+
+class Slow:
+    def __init__(self, inner):
+        self.inner, self.name, self.metadata = inner, inner.name, inner.metadata
+    def infer(self, image):
+        time.sleep(0.05)
+        return self.inner.infer(image)
+    def describe(self):
+        return self.inner.describe()
+    def close(self):
+        self.inner.close()
+
+infer.open_model_backend = lambda *a, **k: Slow(real(*a, **k))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_stop_signal_leaves_no_partial_output(tmp_path: Path, sig: str) -> None:
+    """SIGTERM (``kill``) and SIGINT (Ctrl-C) mid-run: exit non-zero with one line, no hidden
+    ``.out.partial-*`` folder and no ``out`` left behind; a real process and real signals.
+    """
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    args = ["infer", "--model", str(DEFAULT_MODEL), "--bag", str(SAMPLE_BAG), "--out", str(out)]
+    args += ["--backend", "onnxruntime", "--threads", "1", "--no-progress"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_INFER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(".out.partial-*")):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the partial output never appeared"
+            time.sleep(0.01)
+        time.sleep(0.5)  # a few frames in: the partial bag holds messages
+        assert proc.poll() is None, "the run ended before the signal (it should take 5 s)"
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = err.strip().splitlines()
+    assert proc.returncode == (143 if sig == "SIGTERM" else 130), err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    if sig == "SIGINT":
+        assert lines[0] == "interrupted"
+    else:
+        assert lines[0].startswith("error: stopped by SIGTERM") and "partial output was removed" in lines[0]
+    assert list(tmp_path.iterdir()) == []  # neither the partial folder nor an output

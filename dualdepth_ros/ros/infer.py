@@ -22,6 +22,7 @@ The output is written atomically (:class:`~dualdepth_ros.bagio.BagWriter`); a no
 is refused unless ``--overwrite`` is given (and even then only a folder that looks like a bag
 is replaced), and so is an ``--out`` that is, contains or lies inside the input bag (real paths
 compared: symbolic links and ``..`` do not hide it; :func:`dualdepth_ros.outdir.check_separate`).
+Stopped by Ctrl-C (exit 130) or SIGTERM (exit 143), it removes its partial output and prints one line.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import numpy as np
 from ..bagio import CAMERA_INFO, IMAGE, BagWriter, camera_info_msg, image_msg, stamp_to_ns, typestore
 from ..errors import DualDepthError
 from ..images import ImageDecodeError
-from ..outdir import BAG, check_output_dir, check_separate
+from ..outdir import BAG, Terminated, check_output_dir, check_separate, stop_signals_raise
 from ..preprocess import PreprocessError
 from .params import BACKENDS, DEFAULTS, PRECISIONS, ParameterError, load_params_file, validate
 from .processing import BackendError, FrameOutput, FrameProcessor, ScaleUnknownError, open_model_backend
@@ -343,30 +344,35 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(args.out, args.overwrite, BAG)
     params = resolve_params(args)
     out = sys.stderr if args.json == "-" else sys.stdout
-    backend = open_model_backend(params, log=lambda line: print(line, file=out))
     try:
-        processor = FrameProcessor(
-            backend,
-            output_settings(params),
-            scale_settings(params),
-            max_image_pixels=int(params["max_image_pixels"]),
-        )
-        summary = infer_bag(
-            args.bag,
-            args.out,
-            processor,
-            image_topic=args.image_topic,
-            info_topic=args.info_topic,
-            gt_depth_topic=args.gt_depth_topic,
-            output_namespace=args.output_namespace,
-            storage=args.storage,
-            overwrite=args.overwrite,
-            max_frames=args.max_frames,
-            progress=False if args.no_progress else None,
-            command=" ".join(["dualdepth", *sys.argv[1:]]) if sys.argv and sys.argv[0] else "dualdepth infer",
-        )
-    finally:
-        backend.close()
+        with stop_signals_raise():  # SIGTERM unwinds like Ctrl-C: the partial bag is removed
+            backend = open_model_backend(params, log=lambda line: print(line, file=out))
+            try:
+                processor = FrameProcessor(
+                    backend,
+                    output_settings(params),
+                    scale_settings(params),
+                    max_image_pixels=int(params["max_image_pixels"]),
+                )
+                summary = infer_bag(
+                    args.bag,
+                    args.out,
+                    processor,
+                    image_topic=args.image_topic,
+                    info_topic=args.info_topic,
+                    gt_depth_topic=args.gt_depth_topic,
+                    output_namespace=args.output_namespace,
+                    storage=args.storage,
+                    overwrite=args.overwrite,
+                    max_frames=args.max_frames,
+                    progress=False if args.no_progress else None,
+                    command=" ".join(["dualdepth", *sys.argv[1:]]) if sys.argv and sys.argv[0] else "dualdepth infer",
+                )
+            finally:
+                backend.close()
+    except Terminated as err:
+        print(f"error: {err} before the output was complete: the partial output was removed", file=sys.stderr)
+        return 128 + err.signum
     print(format_summary(summary), file=out)
     if args.json:
         text = json.dumps(_json_ready(summary), indent=2, allow_nan=False)
