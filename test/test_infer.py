@@ -246,3 +246,29 @@ def test_a_stop_signal_leaves_no_partial_output(tmp_path: Path, sig: str) -> Non
     else:
         assert lines[0].startswith("error: stopped by SIGTERM") and "partial output was removed" in lines[0]
     assert list(tmp_path.iterdir()) == []  # neither the partial folder nor an output
+
+
+@pytest.mark.parametrize("ns", ["bad//ns", "ns/", "/ns/", "1cam", "cam-1", "my ns", "~/cam", "{node}", "cam/2d", "//"])
+def test_an_invalid_output_namespace_is_refused_before_anything_runs(tmp_path: Path, capsys, ns: str) -> None:
+    from rclpy.exceptions import InvalidNamespaceException
+    from rclpy.validate_namespace import validate_namespace as rcl_validate
+
+    with pytest.raises(InvalidNamespaceException):  # rcl refuses it too: an independent check of the rule
+        rcl_validate(ns if ns.startswith("/") else "/" + ns)
+    code, err = _infer_here(capsys, "--bag", str(SAMPLE_BAG), "--out", str(tmp_path / "o"), "--output-namespace", ns)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "is not a valid ROS 2 namespace" in lines[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_valid_output_namespaces_give_valid_topic_names() -> None:
+    from rclpy.validate_full_topic_name import validate_full_topic_name
+
+    from dualdepth_ros.ros.infer import output_topics
+
+    assert output_topics("")["depth"] == output_topics("/")["depth"] == "/depth/image"
+    for ns, want in (("cam1", "/cam1"), ("/cam1", "/cam1"), ("_a/b_2", "/_a/b_2")):
+        topics = output_topics(ns)
+        assert topics["confidence_info"] == f"{want}/confidence/camera_info"
+        for topic in topics.values():
+            validate_full_topic_name(topic)  # raises for an invalid name

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -46,12 +47,42 @@ from .params import BACKENDS, DEFAULTS, PRECISIONS, ParameterError, load_params_
 from .processing import BackendError, FrameOutput, FrameProcessor, ScaleUnknownError, open_model_backend
 from .scale import SCALE_MODES
 
-__all__ = ["output_topics", "infer_bag", "add_arguments", "run"]
+__all__ = ["output_topics", "validate_namespace", "infer_bag", "add_arguments", "run"]
+
+
+#: One token of a ROS 2 name: a letter or underscore, then letters, digits, underscores.
+_NAME_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def validate_namespace(namespace: str) -> str:
+    """``namespace`` as an absolute ROS 2 namespace (``""`` for none), or :class:`DualDepthError`.
+
+    The rules of rcl's namespace validation: tokens of letters, digits and underscores that do
+    not start with a digit, separated by single ``/``, no trailing ``/``. A leading ``/`` is
+    optional here (``cam1`` means ``/cam1``); ``""`` and ``"/"`` mean no namespace.
+    """
+    if namespace in ("", "/"):
+        return ""
+    tokens = (namespace[1:] if namespace.startswith("/") else namespace).split("/")
+    bad = next((t for t in tokens if not _NAME_TOKEN.fullmatch(t)), None)
+    if bad is not None:
+        why = (
+            "it has an empty part (a repeated or trailing '/')"
+            if bad == ""
+            else f"{bad!r} must start with a letter or '_' and hold only letters, digits and '_'"
+        )
+        raise DualDepthError(f"--output-namespace {namespace!r} is not a valid ROS 2 namespace: {why}")
+    return "/" + "/".join(tokens)
 
 
 def output_topics(namespace: str = "") -> dict[str, str]:
-    """Role → topic name of the outputs (the node's relative names under ``namespace``)."""
-    ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
+    """Role → topic name of the outputs (the node's relative names under ``namespace``).
+
+    Raises
+    ------
+    DualDepthError : ``namespace`` is not a valid ROS 2 namespace (:func:`validate_namespace`).
+    """
+    ns = validate_namespace(namespace)
     return {
         "depth": f"{ns}/depth/image",
         "depth_info": f"{ns}/depth/camera_info",
@@ -309,7 +340,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-depth", type=float, help=f"default {DEFAULTS['min_depth']}")
     parser.add_argument("--max-depth", type=float, help=f"default {DEFAULTS['max_depth']}")
     parser.add_argument("--confidence-threshold", type=float, help="NaN depth below this confidence (0 disables)")
-    parser.add_argument("--output-namespace", default="", help="namespace of the output topics (default: none)")
+    parser.add_argument(
+        "--output-namespace", default="", help="ROS 2 namespace of the output topics, e.g. cam1 (default: none)"
+    )
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="output storage (default mcap)")
     parser.add_argument(
         "--max-frames", type=int, metavar="N", help="only the first N images (the output bag ends at the Nth image)"
@@ -340,6 +373,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_frames is not None and args.max_frames < 1:
         raise DualDepthError("--max-frames must be at least 1")
+    validate_namespace(args.output_namespace)
     check_separate(args.out, {"--bag": args.bag})  # before the model is loaded (infer_bag checks again)
     check_output_dir(args.out, args.overwrite, BAG)
     params = resolve_params(args)
