@@ -309,6 +309,43 @@ def test_every_max_frames_sqlite_raw_and_float_depth(tmp_path, capsys):
     assert np.isnan(depth[0, 0]) and np.count_nonzero(np.isfinite(depth)) == 4
 
 
+def test_velodyne_x_depth_and_frames_from_a_split_file(tmp_path, capsys):
+    drive, _ = write_drive(tmp_path)
+    split = tmp_path / "test_files.txt"
+    split.write_text(
+        "2011_09_26/2011_09_26_drive_0002_sync 0000000001 l\n"  # another drive
+        f"2011_09_26/{drive.name} 0000000003 l\n2011_09_26/{drive.name} 0000000000 l\n"
+    )
+    out = tmp_path / "bag"
+    assert convert_cli(drive, "--out", out, "--frames-from", split, "--depth-value", "velodyne-x") == 0
+    assert "2 frames" in capsys.readouterr().out
+    msgs = by_topic(out)
+    assert [m.timestamp_ns for m in msgs["/camera/camera_info"]] == [FRAME_NS[0], FRAME_NS[3]]
+    depth = decode_image(msgs["/gt/depth"][0].msg)
+    # The Eigen ground truth's value: the Velodyne's forward x, here the camera's z + 0.27 m (T_VELO_CAM's lever arm).
+    assert depth[30, 40] == 7770 and depth[20, 0] == 5270 and depth[H - 1, W - 1] == 6270
+    assert np.count_nonzero(depth) == 4
+
+
+@pytest.mark.parametrize(
+    ("lines", "extra", "needle"),
+    [
+        ("2011_09_26/2011_09_26_drive_0002_sync 0000000001 l\n", [], "lists no frame of"),
+        ("2011_09_26/DRIVE 0000000009 l\n", [], "which has no image_02/data/0000000009.png"),
+        ("2011_09_26/DRIVE 0000000001 r\n", [], "right camera"),
+        ("2011_09_26/DRIVE one l\n", [], "line 1"),
+        ("2011_09_26/DRIVE 0000000001 l\n", ["--every", "2"], "contradict"),
+    ],
+)
+def test_bad_split_files(tmp_path, capsys, lines, extra, needle):
+    drive, _ = write_drive(tmp_path)
+    split = tmp_path / "split.txt"
+    split.write_text(lines.replace("DRIVE", drive.name))
+    assert convert_cli(drive, "--out", tmp_path / "bag", "--frames-from", split, *extra) == 2
+    assert needle in one_error_line(capsys)
+    assert not (tmp_path / "bag").exists()
+
+
 def test_default_is_jpeg_q95_and_calib_defaults_to_the_day_folder(tmp_path, capsys):
     drive, images = write_drive(tmp_path)
     out = tmp_path / "bag"

@@ -37,12 +37,18 @@ depth and the poses below are in that same frame.
 
 Depth (:func:`velodyne_depth`) is the projection behind the published KITTI (Eigen) ground
 truth, monodepth2's ``generate_depth_map``: points with ``x ≥ 0`` in the Velodyne frame are
-mapped by ``P_rect_02 · R_rect_00 · T_velo_to_cam``; the depth is the third coordinate (z of
-camera 2's optical frame); pixel column and row are ``round(u) − 1`` and ``round(v) − 1``
-(KITTI's MATLAB devkit, reproduced so that scores compare with the papers'); points outside the
-image are dropped and the nearest point wins where several hit one pixel. ``16UC1`` cannot hold
-more than 65.535 m: farther points saturate at 65535 mm, as in the shared drives; ``32FC1`` keeps
-them.
+mapped by ``P_rect_02 · R_rect_00 · T_velo_to_cam``; pixel column and row are ``round(u) − 1``
+and ``round(v) − 1`` (KITTI's MATLAB devkit, reproduced so that scores compare with the papers');
+points outside the image are dropped and the nearest point wins where several hit one pixel. The
+value is the point's z in camera 2's optical frame (depth along the optical axis, as the shared
+drives have it) or, with ``--depth-value velodyne-x``, its forward distance from the Velodyne —
+what monodepth2's ``export_gt_depth.py`` stores for the Eigen test set (``vel_depth=True``),
+about 0.27 m more than the camera's z. ``16UC1`` cannot hold more than 65.535 m: farther points
+saturate at 65535 mm, as in the shared drives; ``32FC1`` keeps them.
+
+Frames: all, every K-th (``--every``), or those a monodepth2-style split file lists for this
+drive (``--frames-from``, lines ``2011_09_26/2011_09_26_drive_0009_sync 0000000016 l``, e.g. the
+Eigen test split's ``test_files.txt``); then at most ``--max-frames``.
 
 Poses (:func:`oxts_imu_poses`, :func:`camera_poses`) follow pykitti: latitude/longitude →
 Mercator metres with the scale ``cos(lat)`` of the first record used, altitude as up;
@@ -93,6 +99,8 @@ __all__ = [
     "list_frames",
     "read_velodyne",
     "velodyne_depth",
+    "DEPTH_VALUES",
+    "read_split_file",
     "read_oxts",
     "rotation_rpy",
     "oxts_imu_poses",
@@ -119,6 +127,8 @@ CALIB_FILES = ("calib_cam_to_cam.txt", "calib_velo_to_cam.txt", "calib_imu_to_ve
 DEPTH_ENCODINGS = ("16UC1", "32FC1")
 #: ``/camera`` image choices: JPEG q95 (as the shared drives), the original PNG bytes, or raw rgb8.
 IMAGE_MODES = ("jpeg", "png", "raw")
+#: ``--depth-value`` choices: z of camera 2's optical frame, or the Velodyne's forward x (the Eigen GT's value).
+DEPTH_VALUES = ("optical-z", "velodyne-x")
 JPEG_QUALITY = 95
 #: WGS84 equatorial radius (m), as pykitti's Mercator projection uses.
 EARTH_RADIUS = 6378137.0
@@ -373,6 +383,40 @@ def list_frames(drive: str | Path) -> list[KittiFrame]:
     return frames
 
 
+def read_split_file(path: str | Path, drive_name: str) -> list[int]:
+    """The frame indices that a monodepth2-style split file lists for the drive ``drive_name``.
+
+    Lines are ``FOLDER INDEX [SIDE]`` (``2011_09_26/2011_09_26_drive_0009_sync 0000000016 l``);
+    a line belongs to the drive when the last part of ``FOLDER`` is ``drive_name``.
+
+    Raises
+    ------
+    DualDepthError : missing file, a malformed line, a right-camera (``r``) line of this drive,
+        or no line for this drive.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DualDepthError(f"split file {path} does not exist")
+    indices = set()
+    for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) not in (2, 3) or not parts[1].isdigit():
+            raise DualDepthError(f"{path}, line {lineno}: expected 'DATE/DRIVE_sync INDEX [l|r]', got {line[:60]!r}")
+        if Path(parts[0]).name != drive_name:
+            continue
+        if len(parts) == 3 and parts[2] != "l":
+            raise DualDepthError(
+                f"{path}, line {lineno}: frame {parts[1]} is of the right camera ({parts[2]!r}); kitti-to-bag "
+                "converts the left colour camera (image_02, 'l') only"
+            )
+        indices.add(int(parts[1]))
+    if not indices:
+        raise DualDepthError(f"split file {path} lists no frame of {drive_name}")
+    return sorted(indices)
+
+
 # ---------------------------------------------------------------------------------------
 # Velodyne → depth
 # ---------------------------------------------------------------------------------------
@@ -396,32 +440,36 @@ def read_velodyne(path: str | Path) -> np.ndarray:
     return np.frombuffer(raw, dtype="<f4").reshape(-1, 4)
 
 
-def velodyne_depth(points: np.ndarray, calib: KittiCalibration) -> np.ndarray:
+def velodyne_depth(points: np.ndarray, calib: KittiCalibration, value: str = "optical-z") -> np.ndarray:
     """Sparse depth of camera 2 from a Velodyne scan (monodepth2's ``generate_depth_map``).
 
     Parameters
     ----------
     points : ``N×3`` or ``N×4`` Velodyne points, metres (a fourth column is ignored).
     calib : the drive's :class:`KittiCalibration`.
+    value : ``"optical-z"`` (z of camera 2's optical frame) or ``"velodyne-x"`` (the point's
+        Velodyne x: monodepth2's ``vel_depth=True``, the value of the published Eigen ground truth).
 
     Returns
     -------
-    ``height×width`` float32 metres along camera 2's optical axis, 0 where no point falls.
-    A point at ``(u, v)`` (pixels from ``P_velo_to_image``) lands in column ``round(u) − 1``, row
-    ``round(v) − 1`` (KITTI's 1-based devkit convention, as the published ground truth has it);
-    only points with Velodyne ``x ≥ 0``, positive depth and a pixel inside the image count, and
-    the nearest point wins where several land in one pixel.
+    ``height×width`` float32 metres, 0 where no point falls. A point at ``(u, v)`` (pixels from
+    ``P_velo_to_image``) lands in column ``round(u) − 1``, row ``round(v) − 1`` (KITTI's 1-based
+    devkit convention, as the published ground truth has it); only points with Velodyne ``x ≥ 0``,
+    in front of the camera and inside the image count, and the nearest point (smallest value)
+    wins where several land in one pixel.
     """
+    if value not in DEPTH_VALUES:
+        raise DualDepthError(f"unknown depth value {value!r}; choose one of: {', '.join(DEPTH_VALUES)}")
     pts = np.asarray(points, dtype=np.float64)[:, :3]
     pts = pts[np.isfinite(pts).all(axis=1) & (pts[:, 0] >= 0)]
     uvz = pts @ calib.P_velo_to_image[:, :3].T + calib.P_velo_to_image[:, 3]
-    z = uvz[:, 2]
-    front = z > 0
-    uvz, z = uvz[front], z[front]
-    col = np.round(uvz[:, 0] / z).astype(np.int64) - 1
-    row = np.round(uvz[:, 1] / z).astype(np.int64) - 1
+    front = uvz[:, 2] > 0
+    uvz, pts = uvz[front], pts[front]
+    col = np.round(uvz[:, 0] / uvz[:, 2]).astype(np.int64) - 1
+    row = np.round(uvz[:, 1] / uvz[:, 2]).astype(np.int64) - 1
     inside = (col >= 0) & (row >= 0) & (col < calib.width) & (row < calib.height)
-    flat, z = row[inside] * calib.width + col[inside], z[inside]
+    z = (uvz[:, 2] if value == "optical-z" else pts[:, 0])[inside]
+    flat = row[inside] * calib.width + col[inside]
     order = np.lexsort((z, flat))  # by pixel, nearest first within a pixel
     flat, z = flat[order], z[order]
     first = np.ones(flat.size, dtype=bool)
@@ -582,7 +630,9 @@ def convert(
     overwrite: bool = False,
     image_mode: str = "jpeg",
     depth_encoding: str = "16UC1",
+    depth_value: str = "optical-z",
     every: int = 1,
+    frames_from: str | Path | None = None,
     max_frames: int | None = None,
     command: str | None = None,
     progress: bool | None = None,
@@ -598,7 +648,11 @@ def convert(
     overwrite : replace a non-empty ``out`` (only ever a folder that looks like a bag).
     image_mode : ``"jpeg"`` (q95), ``"png"`` (the original files) or ``"raw"`` (rgb8 Image).
     depth_encoding : ``"16UC1"`` (mm) or ``"32FC1"`` (m).
-    every, max_frames : keep frames ``0, every, 2·every, …``, at most ``max_frames`` of them.
+    depth_value : ``"optical-z"`` or ``"velodyne-x"`` (:func:`velodyne_depth`).
+    every : keep frames ``0, every, 2·every, …``.
+    frames_from : keep the frames that this split file lists for the drive (:func:`read_split_file`);
+        not together with ``every``.
+    max_frames : then keep at most the first ``max_frames``.
     command : the command line, stored in the bag's metadata and README.
     progress : a progress bar on stderr (default: only on a terminal).
 
@@ -621,13 +675,28 @@ def convert(
         raise DualDepthError(
             f"unknown --depth-encoding {depth_encoding!r}; choose one of: {', '.join(DEPTH_ENCODINGS)}"
         )
+    if depth_value not in DEPTH_VALUES:
+        raise DualDepthError(f"unknown --depth-value {depth_value!r}; choose one of: {', '.join(DEPTH_VALUES)}")
     if every < 1:
         raise DualDepthError(f"--every must be at least 1, got {every}")
+    if frames_from is not None and every != 1:
+        raise DualDepthError("--every and --frames-from contradict each other: give one")
     if max_frames is not None and max_frames < 1:
         raise DualDepthError(f"--max-frames must be at least 1, got {max_frames}")
     drive = Path(drive)
     calib = load_calibration(drive.parent if calib_dir is None else calib_dir)
-    frames = list_frames(drive)[::every][:max_frames]
+    frames = list_frames(drive)
+    if frames_from is not None:
+        wanted = read_split_file(frames_from, drive.name)
+        by_index = {f.index: f for f in frames}
+        missing = [i for i in wanted if i not in by_index]
+        if missing:
+            raise DualDepthError(
+                f"{frames_from} lists frame {missing[0]} of {drive.name}, "
+                f"which has no image_02/data/{missing[0]:010d}.png"
+            )
+        frames = [by_index[i] for i in wanted]
+    frames = frames[::every][:max_frames]
     records = [read_oxts(f.oxts) if f.oxts is not None else None for f in frames]
     poses = camera_poses(records, calib)
     image_topic = TOPICS["image"] if image_mode == "raw" else TOPICS["compressed"]
@@ -657,7 +726,7 @@ def convert(
                 ts,
             )
             if frame.velodyne is not None:
-                depth = velodyne_depth(read_velodyne(frame.velodyne), calib)
+                depth = velodyne_depth(read_velodyne(frame.velodyne), calib, depth_value)
                 valid_fraction.append(float((depth > 0).mean()))
                 bag.write(TOPICS["depth"], _depth_message(depth, depth_encoding, ts), ts)
             if T is not None:
@@ -679,6 +748,7 @@ def convert(
             path_length_m=float(sum(np.linalg.norm(b[:3, 3] - a[:3, 3]) for a, b in zip(posed, posed[1:]))),
             image=image_mode,
             depth_encoding=depth_encoding,
+            depth_value=depth_value,
         )
         bag.write_text("README.md", _readme(drive, command or "dualdepth kitti-to-bag", summary))
     summary["bytes"] = bagio.bag_size(out)
@@ -709,7 +779,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="{16UC1,32FC1}",
         help="/gt/depth as millimetres (default; saturates at 65.535 m, as the shared drives) or float metres",
     )
+    parser.add_argument(
+        "--depth-value",
+        default="optical-z",
+        metavar="{optical-z,velodyne-x}",
+        help="/gt/depth as z along camera 2's optical axis (default, as the shared drives) or the Velodyne's "
+        "forward x, the value of the published Eigen ground truth (monodepth2's export_gt_depth)",
+    )
     parser.add_argument("--every", type=int, default=1, metavar="K", help="keep every K-th frame (default 1)")
+    parser.add_argument(
+        "--frames-from",
+        metavar="SPLIT_FILE",
+        help="keep only the frames of this drive that a monodepth2-style split file lists (e.g. the Eigen "
+        "test_files.txt)",
+    )
     parser.add_argument("--max-frames", type=int, metavar="N", help="write at most N frames")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (only if it is a bag)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -722,8 +805,12 @@ def _command_line(args: argparse.Namespace) -> str:
     parts += ["--raw"] if args.raw else ["--png"] if args.png else []
     if args.depth_encoding != "16UC1":
         parts += ["--depth-encoding", args.depth_encoding]
+    if args.depth_value != "optical-z":
+        parts += ["--depth-value", args.depth_value]
     if args.every != 1:
         parts += ["--every", str(args.every)]
+    if args.frames_from:
+        parts += ["--frames-from", str(args.frames_from)]
     if args.max_frames is not None:
         parts += ["--max-frames", str(args.max_frames)]
     return shlex.join(parts)
@@ -743,7 +830,9 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         image_mode="raw" if args.raw else "png" if args.png else "jpeg",
         depth_encoding=args.depth_encoding,
+        depth_value=args.depth_value,
         every=args.every,
+        frames_from=args.frames_from,
         max_frames=args.max_frames,
         command=_command_line(args),
     )
