@@ -505,6 +505,8 @@ def _break(drive: Path, what: str) -> str:
     if what == "size":
         cv2.imwrite(str(drive / "image_02" / "data" / "0000000001.png"), np.zeros((40, W, 3), np.uint8))
         return "S_rect_02"
+    if what == "extract":
+        return "unsynced"
     if what == "not_a_drive":
         (drive / "image_02" / "data").rename(drive / "image_02" / "png")
         return "image_02/data"
@@ -513,11 +515,13 @@ def _break(drive: Path, what: str) -> str:
 
 @pytest.mark.parametrize(
     "what",
-    ["velodyne", "oxts", "calib", "calib_entry", "timestamps", "bad_stamp", "image", "size", "not_a_drive"],
+    ["velodyne", "oxts", "calib", "calib_entry", "timestamps", "bad_stamp", "image", "size", "not_a_drive", "extract"],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, what):
     drive, _ = write_drive(tmp_path)
     needle = _break(drive, what)
+    if what == "extract":
+        drive = drive.rename(drive.with_name("2011_09_26_drive_0001_extract"))
     out = tmp_path / "bag"
     assert convert_cli(drive, "--out", out) == 2
     assert needle in one_error_line(capsys)

@@ -350,6 +350,10 @@ def list_frames(drive: str | Path) -> list[KittiFrame]:
     drive = Path(drive)
     if not drive.is_dir():
         raise DualDepthError(f"drive folder {drive} does not exist")
+    if drive.name.endswith("_extract"):
+        raise DualDepthError(
+            f"{drive} is KITTI's unsynced, unrectified download: give the 'synced+rectified data' drive ('*_sync')"
+        )
     image_dir = drive / "image_02" / "data"
     if not image_dir.is_dir():
         raise DualDepthError(
@@ -584,7 +588,8 @@ def _read_image(path: Path, calib: KittiCalibration) -> np.ndarray:
     if bgr.shape[:2] != (calib.height, calib.width):
         raise DualDepthError(
             f"image {path} is {bgr.shape[1]}×{bgr.shape[0]} but S_rect_02 of the calibration says "
-            f"{calib.width}×{calib.height}: is --calib the folder of this drive's day?"
+            f"{calib.width}×{calib.height}: is --calib the folder of this drive's day, and the drive a rectified "
+            "'*_sync' one?"
         )
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
