@@ -346,10 +346,11 @@ def test_bad_split_files(tmp_path, capsys, lines, extra, needle):
     assert not (tmp_path / "bag").exists()
 
 
-def test_default_is_jpeg_q95_and_calib_defaults_to_the_day_folder(tmp_path, capsys):
+def test_default_is_jpeg_q95_and_calib_defaults_to_the_day_folder(tmp_path, capsys, monkeypatch):
     drive, images = write_drive(tmp_path)
     out = tmp_path / "bag"
-    assert convert_cli(drive, "--out", out, "--max-frames", 1) == 0
+    monkeypatch.chdir(drive / "image_02")
+    assert convert_cli("..", "--out", out, "--max-frames", 1) == 0  # the drive as "..": its parent is the day
     assert "wrote" in capsys.readouterr().out
     img = by_topic(out)["/camera/image_raw/compressed"][0].msg
     assert img.format == "rgb8; jpeg compressed bgr8"

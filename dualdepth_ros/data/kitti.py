@@ -67,6 +67,7 @@ import argparse
 import calendar
 import dataclasses
 import json
+import os
 import re
 import shlex
 import sys
@@ -688,7 +689,7 @@ def convert(
         raise DualDepthError("--every and --frames-from contradict each other: give one")
     if max_frames is not None and max_frames < 1:
         raise DualDepthError(f"--max-frames must be at least 1, got {max_frames}")
-    drive = Path(drive)
+    drive = Path(os.path.abspath(drive))  # "." and ".." resolved, so that .parent and .name are KITTI's folders
     calib = load_calibration(drive.parent if calib_dir is None else calib_dir)
     frames = list_frames(drive)
     if frames_from is not None:
