@@ -7,9 +7,11 @@ missing file, truncated or corrupt storage, undecodable message — becomes a
 
 Topic auto-detection (:func:`select_topics`), when no image topic is given:
 
-1. candidates are the ``Image``/``CompressedImage`` topics whose first message is a camera
-   image (colour, grey or bayer; depth maps such as ``32FC1`` and ``…/compressedDepth`` are
-   not), minus topics given for other roles;
+1. candidates are the ``Image``/``CompressedImage`` topics that are not ground truth or derived
+   data (:func:`ground_truth_reason`: a ``gt``/``ground_truth`` namespace, a name holding
+   ``mask``, the default ground-truth names of :data:`DEFAULT_GT_TOPICS`, a depth encoding of
+   :data:`DEPTH_ENCODINGS` — the rule :func:`resolve_gt_topics` finds ground truth by — and
+   ``…/compressedDepth``), minus topics given for other roles;
 2. ``X`` and ``X/compressed`` count as one camera, and the raw ``X`` is used (lossless);
 3. one candidate left: that is the image topic; several: keep those with a sibling
    ``camera_info`` (image_transport's ``<ns>/image_raw`` ↔ ``<ns>/camera_info``), then those
@@ -17,8 +19,19 @@ Topic auto-detection (:func:`select_topics`), when no image topic is given:
    ``image_color``, ``image_rect``…); if still more than one, the choice is ambiguous and the
    error lists the topics.
 
+The topic chosen (auto-detected or given) must be decodable: an ``Image`` whose first message
+is in an encoding outside :data:`~dualdepth_ros.images.COLOUR_ENCODINGS` (``yuv422``, common on
+USB cameras) is refused, never replaced by another image topic. Every refusal is one line that
+lists the bag's image topics with their type, encoding and why each is not used.
+
 The camera_info topic, when not given, is the image topic's sibling, else the only
-``CameraInfo`` topic in the bag.
+``CameraInfo`` topic in the bag that is not ground truth (``/gt/camera_info`` describes the
+ground truth's grid, not the camera's lens); none is an error that suggests ``--info-topic`` or
+explicit intrinsics.
+
+The result (:class:`TopicSelection`: ``image``, ``image_type``, ``camera_info``, ground truth) is
+kept by every consumer: :attr:`FrameStore.topics <dualdepth_ros.data.frames.FrameStore.topics>`
+for training and evaluation, the summary of ``dualdepth infer``.
 
 Ground truth (:func:`resolve_gt_topics`, used by ``dualdepth eval`` and the ablation study):
 
@@ -72,6 +85,7 @@ __all__ = [
     "header_stamp_ns",
     "pose_samples",
     "select_topics",
+    "ground_truth_reason",
     "GtTopics",
     "find_pose_sources",
     "resolve_gt_topics",
@@ -327,6 +341,36 @@ def _sibling_info(image_topic: str) -> str:
     return f"{ns}/camera_info"
 
 
+#: Namespaces whose topics are ground truth, never the camera stream (``/gt/depth``, ``/ground_truth/...``).
+GT_NAMESPACES = ("gt", "ground_truth", "groundtruth")
+
+
+def _first_encoding(bag: Bag, topic: str, msgtype: str) -> str:
+    """The first message's ``encoding`` (``Image``) or ``format`` (``CompressedImage``); ``""`` if none."""
+    first = bag.first_message(topic)
+    if first is None:
+        return ""
+    return str(getattr(first, "encoding" if msgtype == IMAGE else "format", "") or "")
+
+
+def ground_truth_reason(topic: str, encoding: str = "") -> str | None:
+    """Why an image (or camera_info) topic is ground truth or derived data rather than a camera, or None.
+
+    Ground truth: a name in a ``gt``/``ground_truth`` namespace (:data:`GT_NAMESPACES`), one of
+    :data:`DEFAULT_GT_TOPICS`, a name part holding ``mask``; depth: an encoding of
+    :data:`DEPTH_ENCODINGS` (how :func:`resolve_gt_topics` finds a ground-truth depth) or
+    ``…/compressedDepth``.
+    """
+    parts = [t.lower() for t in _strip_transport(topic).strip("/").split("/")]
+    if topic in DEFAULT_GT_TOPICS.values() or any(t in GT_NAMESPACES for t in parts):
+        return "ground truth"
+    if any("mask" in t for t in parts):
+        return "a mask"
+    if encoding in DEPTH_ENCODINGS or topic.endswith("/compressedDepth"):
+        return "a depth map"
+    return None
+
+
 def select_topics(
     bag: Bag,
     *,
@@ -344,16 +388,41 @@ def select_topics(
     need_camera_info : False when explicit intrinsics replace the CameraInfo; the camera_info
         topic is then neither detected nor required.
 
+    Returns
+    -------
+    The resolved topics: ``.image`` and ``.camera_info`` are what was used, given or detected.
+
     Raises
     ------
     BagError : a requested topic is missing or of the wrong type, auto-detection found no
-        or several candidates, or no camera_info while one is needed; the message lists the
-        bag's topics with their types.
+        or several candidates, the image topic is in an encoding that cannot be decoded, or no
+        camera_info while one is needed; the message lists the bag's topics with their types
+        (image topics with their encodings).
     """
     topics = bag.topics()
 
     def fail(problem: str) -> BagError:
         return BagError(f"bag {bag.path}: {problem}. Topics in the bag:\n{bag.describe_topics()}")
+
+    encodings: dict[str, str] = {}
+
+    def encoding(name: str) -> str:
+        if name not in encodings:
+            encodings[name] = _first_encoding(bag, name, topics[name][0])
+        return encodings[name]
+
+    def image_topics(notes: dict[str, str]) -> str:
+        """Every image topic with its type, encoding and why it is not used (one line)."""
+        parts = []
+        for name, (ty, count) in sorted(topics.items()):
+            if ty not in IMAGE_TYPES:
+                continue
+            what = ", ".join(x for x in (ty.rsplit("/", 1)[-1], encoding(name) if count else "no messages") if x)
+            parts.append(f"{name} ({what}{': ' + notes[name] if name in notes else ''})")
+        return "; ".join(parts) or "none"
+
+    def unsupported(name: str) -> bool:
+        return topics[name][0] == IMAGE and encoding(name) not in COLOUR_ENCODINGS
 
     def check(name: str | None, role: str, types: Sequence[str]) -> str | None:
         if name is None:
@@ -376,22 +445,33 @@ def select_topics(
             )
         gt_pose = str(source)
     gt_mask = check(gt_moving_mask_topic, "moving-object mask", (IMAGE,))
+    supported = "rgb8/bgr8/mono8/mono16/rgb16/bayer_*, or a CompressedImage"
+    notes: dict[str, str] = {}
     if image_topic is not None:
         image = check(image_topic, "image", IMAGE_TYPES)
     else:
-        taken = {gt_depth, gt_mask, camera_info_topic}
+        taken = {gt_depth: "given as ground truth", gt_mask: "given as the mask", camera_info_topic: ""}
         cands = []
         for name, (ty, count) in sorted(topics.items()):
-            if ty not in IMAGE_TYPES or count == 0 or name in taken or name.endswith("/compressedDepth"):
+            if ty not in IMAGE_TYPES:
                 continue
-            if ty == IMAGE:
-                first = bag.first_message(name)
-                if first is None or first.encoding not in COLOUR_ENCODINGS:
-                    continue
+            why = (
+                "no messages"
+                if count == 0
+                else taken.get(name) or ground_truth_reason(name, encoding(name) if ty == IMAGE else "")
+            )
+            if why:
+                notes[name] = why
+                continue
             cands.append(name)
-        cands = [c for c in cands if not (c.endswith("/compressed") and c[: -len("/compressed")] in cands)]
+        twins = [c for c in cands if c.endswith("/compressed") and c[: -len("/compressed")] in cands]
+        notes.update({c: "the raw topic beside it is used" for c in twins})
+        cands = [c for c in cands if c not in twins]
         if not cands:
-            raise fail("no camera image topic (sensor_msgs/Image in a colour/grey/bayer encoding or CompressedImage)")
+            raise BagError(
+                f"bag {bag.path}: no camera image topic (a sensor_msgs/Image in {supported}) that is not ground "
+                f"truth; image topics: {image_topics(notes)}. Name the camera with --image-topic"
+            )
         # Narrow down: a camera_info beside it, then an image_transport-style name (image_raw, image_color…).
         for keep in (lambda c: _sibling_info(c) in topics, lambda c: _base_name(c).startswith("image")):
             narrowed = [c for c in cands if keep(c)]
@@ -401,20 +481,37 @@ def select_topics(
             raise fail(f"several camera image topics ({', '.join(cands)}); choose one with the image topic option")
         image = cands[0]
     assert image is not None
+    if topics[image][1] == 0:
+        raise fail(f"image topic {image!r} has no messages")
+    if unsupported(image):
+        notes[image] = "unsupported encoding"
+        raise BagError(
+            f"bag {bag.path}: image topic {image} is in encoding {encoding(image)!r}, which cannot be decoded "
+            f"(supported: {supported}); image topics: {image_topics(notes)}. Convert the stream (e.g. with "
+            "image_proc) or name another camera with --image-topic"
+        )
     info = None
     if camera_info_topic is not None:
         info = check(camera_info_topic, "camera_info", (CAMERA_INFO,))
     elif need_camera_info:
         sibling = _sibling_info(image)
-        infos = sorted(t for t, (ty, _) in topics.items() if ty == CAMERA_INFO)
+        every = sorted(t for t, (ty, _) in topics.items() if ty == CAMERA_INFO)
+        infos = [t for t in every if ground_truth_reason(t) is None]  # /gt/camera_info is not the camera's lens
         if sibling in topics and topics[sibling][0] == CAMERA_INFO:
             info = sibling
         elif len(infos) == 1:
             info = infos[0]
         elif not infos:
-            raise fail(
-                f"no sensor_msgs/CameraInfo topic for {image}; record the camera_info or give explicit intrinsics "
-                "fx,fy,cx,cy"
+            others = [t for t in every if t not in infos]
+            raise BagError(
+                f"bag {bag.path}: no sensor_msgs/CameraInfo topic for {image} (looked for {sibling}"
+                + (
+                    f"; {', '.join(others)} describe{'s' if len(others) == 1 else ''} ground truth, not the camera"
+                    if others
+                    else ""
+                )
+                + "); name one with --info-topic, or give the camera's intrinsics fx,fy,cx,cy "
+                "(--intrinsics in train and eval)"
             )
         else:
             raise fail(f"several camera_info topics ({', '.join(infos)}); choose one with the camera_info topic option")
