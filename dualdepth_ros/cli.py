@@ -7,15 +7,18 @@ Each command lives in the module that owns its job and exposes two functions::
 
 Modules are imported only when their command runs, so ``dualdepth --help`` stays fast.
 A :class:`~dualdepth_ros.errors.DualDepthError` is printed as ``error: …`` (exit 2) with no
-traceback; ``DUALDEPTH_DEBUG=1`` shows the traceback.
+traceback, and so is a full, read-only or forbidden disk (exit 1: what could not be written, the
+system's reason, what to do); ``DUALDEPTH_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
+from pathlib import Path
 
 from . import __version__
 from .errors import DualDepthError
@@ -79,6 +82,56 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - only a disk error becomes a line; anything else is re-raised
+        disk = _disk_error(err)
+        if disk is None or os.environ.get("DUALDEPTH_DEBUG"):
+            raise
+        print(f"error: {_describe_disk_error(disk, args)}", file=sys.stderr)
+        return 1
+
+
+#: errno → (what happened, what to do) for the errors a full, read-only or foreign disk gives.
+DISK_ERRORS: dict[int, tuple[str, str]] = {
+    errno.ENOSPC: ("no space left on the device", "free space there or write to another disk"),
+    errno.EDQUOT: ("the disk quota is exceeded", "free space there or write to another disk"),
+    errno.EFBIG: ("the file is too large (file system or `ulimit -f` limit)", "write to another disk"),
+    errno.EROFS: ("the file system is read-only", "write to a writable disk"),
+    errno.EACCES: ("permission denied", "write to a folder you own"),
+    errno.EPERM: ("operation not permitted", "write to a folder you own"),
+}
+
+
+def _disk_error(err: BaseException) -> OSError | None:
+    """The disk-full/read-only/permission :class:`OSError` behind ``err`` (itself or a cause), or None."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in DISK_ERRORS:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _describe_disk_error(err: OSError, args: argparse.Namespace) -> str:
+    """One line: what could not be written, the system's reason, what to do."""
+    what, todo = DISK_ERRORS[err.errno]
+    outputs = [(a, v) for a in ("out", "json", "plots") if isinstance(v := getattr(args, a, None), str) and v != "-"]
+    target = None
+    if err.filename:
+        # Name the user's output, not the hidden temporary file or folder written beside or inside it.
+        failed = Path(os.fsdecode(err.filename)).absolute()
+        for _, value in outputs:
+            out = Path(value).absolute()
+            inside = out in failed.parents or failed in out.parents  # a file in it, or a folder on the way
+            if failed == out or inside or (failed.parent == out.parent and out.name in failed.name):
+                target = value
+                break
+        target = target or os.fsdecode(err.filename)
+    elif outputs:
+        target = outputs[0][1]
+    option = next((f"--{a}" for a, v in outputs if v == target), "--out")
+    where = f"cannot write {target}" if target else "cannot write the output"
+    return f"{where}: {what} ({errno.errorcode[err.errno]}); {todo} (another {option})"
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,157 @@ def test_the_typed_config_checks_values_for_every_entry_point() -> None:
     with pytest.raises(ConfigError, match="train.max_steps"):
         load_config(overrides=["train.max_steps=-5"])
     assert load_config(overrides=["train.max_steps=0", "optim.learning_rate=1e-3"]).optim.learning_rate == 1e-3
+
+
+# ---------------------------------------------------------------------------------------
+# disk errors: a real read-only mount and a real full file system
+# ---------------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+TINY_TRAIN = [
+    "input.width=96",
+    "input.height=32",
+    "model.encoder=resnet10",
+    "model.encoder_width=8",
+    "model.decoder_channels=[8,8,16,16,16]",
+    "pose.encoder=resnet10",
+    "pose.encoder_width=8",
+    "optim.batch_size=2",
+    "train.num_workers=0",
+]
+
+
+def _try(*cmd: str) -> bool:
+    """Run a mount-type command; False when it is missing or not permitted (not root, no CAP_SYS_ADMIN)."""
+    if shutil.which(cmd[0]) is None:
+        return False
+    return subprocess.run(list(cmd), capture_output=True).returncode == 0
+
+
+def _refuses_writes(folder: Path) -> bool:
+    try:
+        (folder / "probe").write_bytes(b"x" * 100_000)
+    except OSError:
+        return True
+    (folder / "probe").unlink()
+    return False
+
+
+@pytest.fixture()
+def read_only_dir(tmp_path: Path) -> tuple[Path, tuple[str, ...]]:
+    """A folder the system refuses to write into, even for root, and the errno names it gives.
+
+    A read-only bind mount where mounting is permitted (EROFS); else a path under sysfs, where
+    nobody, root included, can create a file (EPERM/EACCES, or EROFS where /sys is mounted ro).
+    """
+    src, ro = tmp_path / "ro_src", tmp_path / "ro"
+    src.mkdir()
+    ro.mkdir()
+    if _try("mount", "--bind", str(src), str(ro)):
+        _try("mount", "-o", "remount,bind,ro", str(ro))
+        try:
+            if _refuses_writes(ro):
+                yield ro, ("EROFS",)
+                return
+        finally:
+            _try("umount", str(ro))
+    sys_dir = Path("/sys/dualdepth_test_no_such_dir")
+    if not Path("/sys/kernel").is_dir() or not _refuses_writes(Path("/sys")):
+        pytest.fail("neither a read-only bind mount nor sysfs can give a read-only folder on this machine")
+    yield sys_dir, ("EPERM", "EACCES", "EROFS")
+
+
+@pytest.fixture()
+def full_dir(tmp_path: Path) -> tuple[Path, tuple[str, ...], object]:
+    """A folder whose file system is full after 64 KiB, the errno it gives, and a ``preexec_fn`` (or None).
+
+    A 64 KiB tmpfs where mounting is permitted (ENOSPC); else the subprocess's file-size limit
+    (``ulimit -f``, EFBIG): either way a real write fails part-way.
+    """
+    full = tmp_path / "full"
+    full.mkdir()
+    if _try("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)):
+        try:
+            yield full, ("ENOSPC",), None
+        finally:
+            _try("umount", str(full))
+        return
+    import resource
+
+    def limit_file_size() -> None:  # Python ignores SIGXFSZ, so the write returns EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    yield full, ("EFBIG",), limit_file_size
+
+
+def run_cli(dualdepth_exe: list[str], argv: list[str], tmp_path: Path, preexec: object = None):
+    env = {**os.environ, "DUALDEPTH_CACHE": str(tmp_path / "frames")}
+    return subprocess.run(
+        dualdepth_exe + argv, capture_output=True, text=True, timeout=300, env=env, preexec_fn=preexec
+    )
+
+
+def assert_disk_error(proc: subprocess.CompletedProcess, target: Path, errnos: tuple[str, ...]) -> None:
+    """Non-zero exit, no traceback, one ``error:`` line naming the output, the OS reason and what to do."""
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and proc.stderr.strip().splitlines()[-1] == errors[0], proc.stderr[-3000:]
+    line = errors[0]
+    assert f"cannot write {target}" in line and any(f"({e})" in line for e in errnos), line
+    assert "another --" in line, line
+
+
+@pytest.fixture(scope="module")
+def small_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("small")
+    return write_small_checkpoint(folder, folder / "cache")
+
+
+def _disk_commands(out: Path, sample_bag: Path, small_ckpt: Path) -> dict[str, tuple[list[str], Path]]:
+    """Each command's argv and the output it names."""
+    tiny = [a for s in TINY_TRAIN for a in ("--set", s)]
+    return {
+        "train": (
+            ["train", "--bag", str(sample_bag), "--out", str(out / "run"), "--max-steps", "1", "--no-progress", *tiny],
+            out / "run",
+        ),
+        "pack": (["pack", "--checkpoint", str(small_ckpt), "--out", str(out / "model.pt")], out / "model.pt"),
+        "make-sample": (["make-sample", "--out", str(out / "drive"), "--frames", "20"], out / "drive"),
+        "infer": (
+            ["infer", "--bag", str(sample_bag), "--out", str(out / "depth"), "--max-frames", "2", "--no-progress"],
+            out / "depth",
+        ),
+        "eval": (
+            ["eval", "--checkpoint", str(small_ckpt), "--bag", str(sample_bag), "--max-frames", "2", "--no-pose"]
+            + ["--json", str(out / "eval.json")],
+            out / "eval.json",
+        ),
+    }
+
+
+@pytest.mark.parametrize("command", ["train", "pack", "make-sample", "infer", "eval"])
+def test_a_read_only_disk_is_one_line(
+    command: str,
+    read_only_dir: tuple[Path, tuple[str, ...]],
+    sample_bag: Path,
+    small_ckpt: Path,
+    tmp_path: Path,
+    dualdepth_exe: list[str],
+) -> None:
+    folder, errnos = read_only_dir
+    argv, target = _disk_commands(folder, sample_bag, small_ckpt)[command]
+    assert_disk_error(run_cli(dualdepth_exe, argv, tmp_path), target, errnos)
+
+
+@pytest.mark.parametrize("command", ["pack", "make-sample", "infer"])
+def test_a_full_disk_is_one_line_and_leaves_nothing_behind(
+    command: str,
+    full_dir: tuple[Path, tuple[str, ...], object],
+    sample_bag: Path,
+    small_ckpt: Path,
+    tmp_path: Path,
+    dualdepth_exe: list[str],
+) -> None:
+    folder, errnos, preexec = full_dir
+    argv, target = _disk_commands(folder, sample_bag, small_ckpt)[command]
+    assert_disk_error(run_cli(dualdepth_exe, argv, tmp_path, preexec), target, errnos)
+    assert not list(folder.iterdir())  # no partial file, no hidden temporary one

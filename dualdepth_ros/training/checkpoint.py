@@ -17,6 +17,7 @@ import or call anything else.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import random
@@ -32,6 +33,7 @@ from ..errors import DualDepthError
 
 __all__ = [
     "atomic_save",
+    "check_writable",
     "load_checkpoint",
     "rng_state",
     "set_rng_state",
@@ -51,22 +53,33 @@ INTRINSICS_CONVENTION = (
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to ``path`` atomically (temp file + fsync + rename)."""
+    """``torch.save`` to ``path`` atomically (temp file + fsync + rename).
+
+    The object is serialised in memory first, so a full or read-only disk raises a plain
+    :class:`OSError` (its errno, naming ``path``) and leaves no temporary file behind.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from None
     umask = os.umask(0)
     os.umask(umask)
     try:
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a checkpoint is an ordinary file
         with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+            fh.write(buffer.getbuffer())
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno is not None:
+            raise OSError(err.errno, err.strerror, str(path)) from None
         raise
     return path
 
@@ -97,6 +110,26 @@ def _unpickling_reason(err: BaseException) -> str:
     named = [ln for ln in lines if any(w in ln for w in ("GLOBAL", "Unsupported", "Can only build"))]
     line = (named or lines or [type(err).__name__])[0]
     return line.split(". ")[0].rstrip(".")[:200]
+
+
+def check_writable(folder: str | os.PathLike, target: str | os.PathLike | None = None) -> None:
+    """Raise the :class:`OSError` that writing a file into ``folder`` would raise (read-only, forbidden).
+
+    Probes with a temporary file in ``folder``, or in its nearest existing parent when it does not
+    exist yet (nothing is left behind, no folder is created). The error names ``target`` (default
+    ``folder``), the path the user gave. A full disk is found only when a write fails.
+    """
+    folder = Path(folder).absolute()
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise DualDepthError(f"{target if target is not None else folder}: {probe} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(target if target is not None else folder)) from None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:

@@ -45,7 +45,7 @@ from ..errors import DualDepthError
 from ..losses import SelfSupervisedLoss, clip_layout, enabled_terms
 from ..networks import DepthModel, count_parameters
 from . import distributed
-from .checkpoint import atomic_save, load_checkpoint, make_checkpoint, rng_state, set_rng_state
+from .checkpoint import atomic_save, check_writable, load_checkpoint, make_checkpoint, rng_state, set_rng_state
 from .memory import MemoryPlan, plan_micro_batch
 from .runlog import RunLogger
 
@@ -318,6 +318,8 @@ class Trainer:
             raise DualDepthError(
                 f"{self.out} already holds a run ({last}); pass --resume to continue it or choose another --out"
             )
+        if self.dist.is_main:  # a read-only or forbidden --out fails now, not after the data is decoded
+            check_writable(self.out)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
