@@ -8,6 +8,7 @@ stopped by a signal exiting non-zero.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -185,16 +186,16 @@ def read_only_dir(tmp_path: Path) -> tuple[Path, tuple[str, ...]]:
     yield sys_dir, ("EPERM", "EACCES", "EROFS")
 
 
-@pytest.fixture()
-def full_dir(tmp_path: Path) -> tuple[Path, tuple[str, ...], object]:
-    """A folder whose file system is full after 64 KiB, the errno it gives, and a ``preexec_fn`` (or None).
+@contextlib.contextmanager
+def full_folder(tmp_path: Path, kib: int):
+    """A folder whose file system is full after ``kib`` KiB, the errno it gives, and a ``preexec_fn`` (or None).
 
-    A 64 KiB tmpfs where mounting is permitted (ENOSPC); else the subprocess's file-size limit
+    A ``kib`` KiB tmpfs where mounting is permitted (ENOSPC); else the subprocess's file-size limit
     (``ulimit -f``, EFBIG): either way a real write fails part-way.
     """
     full = tmp_path / "full"
     full.mkdir()
-    if _try("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)):
+    if _try("mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(full)):
         try:
             yield full, ("ENOSPC",), None
         finally:
@@ -203,9 +204,15 @@ def full_dir(tmp_path: Path) -> tuple[Path, tuple[str, ...], object]:
     import resource
 
     def limit_file_size() -> None:  # Python ignores SIGXFSZ, so the write returns EFBIG
-        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (kib * 1024, kib * 1024))
 
     yield full, ("EFBIG",), limit_file_size
+
+
+@pytest.fixture()
+def full_dir(tmp_path: Path) -> tuple[Path, tuple[str, ...], object]:
+    with full_folder(tmp_path, 64) as full:
+        yield full
 
 
 def run_cli(dualdepth_exe: list[str], argv: list[str], tmp_path: Path, preexec: object = None):
@@ -280,3 +287,39 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_behind(
     argv, target = _disk_commands(folder, sample_bag, small_ckpt)[command]
     assert_disk_error(run_cli(dualdepth_exe, argv, tmp_path, preexec), target, errnos)
     assert not list(folder.iterdir())  # no partial file, no hidden temporary one
+
+
+# ---------------------------------------------------------------------------------------
+# eval's outputs
+# ---------------------------------------------------------------------------------------
+def test_eval_outputs_are_checked_before_the_evaluation(
+    sample_bag: Path, small_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a_dir").mkdir()
+    (tmp_path / "a_file").write_text("keep me")
+    base = ["eval", "--checkpoint", str(small_ckpt), "--bag", str(sample_bag), "--no-pose", "--max-frames", "2"]
+    cases = [
+        (["--json", str(tmp_path / "a_dir")], "is a folder; give the file to write"),
+        (["--json", str(tmp_path / "new_dir") + "/"], "is a folder; give the file to write"),
+        (["--json", str(tmp_path / "a_file" / "eval.json")], "is a file, not a folder"),
+        (["--plots", str(tmp_path / "a_file")], "is a file; give a folder"),
+        (["--json", str(tmp_path / "same"), "--plots", str(tmp_path / "same")], "name the same path"),
+    ]
+    for extra, expected in cases:
+        rc = cli.main(base + extra)
+        assert expected in one_line_error(capsys, rc)
+        assert "frames in" not in capsys.readouterr().out  # refused before anything was evaluated
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dir", "a_file"]  # no .tmp, nothing created
+    assert (tmp_path / "a_file").read_text() == "keep me"
+
+
+def test_eval_json_on_a_full_disk_leaves_no_tmp(
+    sample_bag: Path, small_ckpt: Path, tmp_path: Path, dualdepth_exe: list[str]
+) -> None:
+    with full_folder(tmp_path, 4) as (folder, errnos, preexec):  # the JSON (about 7 KiB) does not fit
+        argv = ["eval", "--checkpoint", str(small_ckpt), "--bag", str(sample_bag), "--no-pose", "--max-frames", "2"]
+        argv += ["--cache-dir", "memory", "--json", str(folder / "eval.json")]
+        proc = run_cli(dualdepth_exe, argv, tmp_path, preexec)
+        assert "frames in" in proc.stdout  # the evaluation ran; writing its result failed
+        assert_disk_error(proc, folder / "eval.json", errnos)
+        assert not list(folder.iterdir())

@@ -130,6 +130,27 @@ def _check_args(args: argparse.Namespace) -> None:
         raise DualDepthError(f"--max-depth must be more than 1e-3 m, got {args.max_depth}")
     if args.photometric_floor is not None and args.photometric_floor < 1:
         raise DualDepthError("--photometric-floor needs at least 1 clip")
+    _check_outputs(args)
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """``--json FILE`` and ``--plots DIR`` must be writable as asked before anything is evaluated."""
+    from ..training.checkpoint import check_writable
+
+    if args.json and args.json != "-":
+        path = Path(args.json)
+        if path.is_dir() or args.json.endswith(("/", "\\")):
+            raise DualDepthError(f"--json {args.json} is a folder; give the file to write, e.g. {path / 'eval.json'}")
+        check_writable(path.parent, target=args.json)
+    if args.plots:
+        plots = Path(args.plots)
+        if plots.exists() and not plots.is_dir():
+            raise DualDepthError(
+                f"--plots {args.plots} is a file; give a folder for sparsification_abs_rel.png and mosaic.png"
+            )
+        if args.json and args.json != "-" and Path(args.json).absolute() == plots.absolute():
+            raise DualDepthError("--json and --plots name the same path; give a file and a folder")
+        check_writable(plots, target=args.plots)
 
 
 def _squash_note(plan: Any) -> str:
@@ -293,16 +314,22 @@ def run(args: argparse.Namespace) -> int:
         plots = Path(args.plots)
         sp = result.report.sparsification_mean()
         written = []
-        if sp is not None and "abs_rel" in sp.curves:
-            save_sparsification_plot(plots / "sparsification_abs_rel.png", sp, "abs_rel")
-            written.append("sparsification_abs_rel.png")
-        else:
-            print(
-                "no confidence evaluated (no confidence output or no GT depth): sparsification plot skipped", file=out
-            )
-        if result.examples:
-            save_png(plots / "mosaic.png", mosaic_rows(result.examples))
-            written.append("mosaic.png")
+        try:
+            if sp is not None and "abs_rel" in sp.curves:
+                save_sparsification_plot(plots / "sparsification_abs_rel.png", sp, "abs_rel")
+                written.append("sparsification_abs_rel.png")
+            else:
+                print(
+                    "no confidence evaluated (no confidence output or no GT depth): sparsification plot skipped",
+                    file=out,
+                )
+            if result.examples:
+                save_png(plots / "mosaic.png", mosaic_rows(result.examples))
+                written.append("mosaic.png")
+        except OSError as err:
+            if err.errno is not None:
+                raise  # the CLI names a full or read-only disk
+            raise DualDepthError(f"--plots {args.plots}: {err} (is the disk full?)") from None
         print(f"wrote {', '.join(written) or 'nothing'} to {plots}", file=out)
 
     if args.json:
@@ -330,7 +357,10 @@ def run(args: argparse.Namespace) -> int:
             path = Path(args.json)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(text + "\n", encoding="utf-8")
-            tmp.replace(path)  # atomic: a reader never sees half a file
+            try:
+                tmp.write_text(text + "\n", encoding="utf-8")
+                tmp.replace(path)  # atomic: a reader never sees half a file
+            finally:
+                tmp.unlink(missing_ok=True)  # nothing left behind when the write or the rename failed
             print(f"wrote {path}", file=out)
     return 0
