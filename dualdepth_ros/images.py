@@ -28,6 +28,10 @@ __all__ = [
     "to_cvtype",
     "convert_color",
     "is_compressed",
+    "MAX_DECODE_PIXELS",
+    "compressed_image_size",
+    "check_decoded_size",
+    "check_jpeg_structure",
     "decode_image",
     "decode_rgb",
     "check_image_layout",
@@ -184,6 +188,179 @@ def is_compressed(msg: Any) -> bool:
     return hasattr(msg, "format") and not hasattr(msg, "encoding")
 
 
+# ---------------------------------------------------------------------------------------
+# Compressed images: the decoded size from the header, and the JPEG's marker structure
+# ---------------------------------------------------------------------------------------
+#: The most pixels :func:`decode_image` decodes from a compressed image unless told otherwise
+#: (8192 × 8192; 192 MiB as 8-bit BGR). The node passes its own ``max_image_pixels``.
+MAX_DECODE_PIXELS = 1 << 26
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: JPEG start-of-frame markers (SOF0–SOF15 without DHT 0xC4, JPG 0xC8 and DAC 0xCC): they hold the image size.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _byte_view(data: Any) -> memoryview:
+    """``data`` (bytes, bytearray, array.array, numpy uint8, list of ints) as a flat byte memoryview."""
+    if isinstance(data, list):
+        data = bytes(data)
+    return memoryview(data).cast("B")
+
+
+def compressed_image_size(data: Any) -> tuple[int, int, str]:
+    """The decoded size of a compressed image, read from its header without decoding it.
+
+    PNG: the ``IHDR`` chunk; JPEG: the start-of-frame segment (SOF0–SOF15), reached by walking
+    the segments before it. Nothing is allocated in proportion to the image, so a small file that
+    would decode to gigabytes (a decompression bomb) can be refused before ``cv2.imdecode``.
+
+    Parameters
+    ----------
+    data : the ``CompressedImage.data`` bytes.
+
+    Returns
+    -------
+    ``(width, height, kind)`` in pixels, ``kind`` ``"png"`` or ``"jpeg"``.
+
+    Raises
+    ------
+    ImageDecodeError : not a PNG or a JPEG (other formats are refused: their size is not checked),
+        or a header that is truncated or malformed.
+    """
+    buf = _byte_view(data)
+    head = bytes(buf[:33])
+    if head.startswith(_PNG_SIGNATURE):
+        if len(head) < 33 or head[12:16] != b"IHDR" or int.from_bytes(head[8:12], "big") != 13:
+            raise ImageDecodeError(f"corrupt PNG: no valid IHDR header in its first bytes ({len(buf)} bytes)")
+        width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        if not (0 < width < 2**31 and 0 < height < 2**31):
+            raise ImageDecodeError(f"corrupt PNG: its header gives the size {width}x{height}")
+        return width, height, "png"
+    if head.startswith(b"\xff\xd8"):
+        width, height = _walk_jpeg(buf, full=False)
+        return width, height, "jpeg"
+    raise ImageDecodeError(
+        f"compressed image is neither PNG nor JPEG (first bytes {head[:8].hex()}); only these two are decoded, "
+        "because their size can be checked before decoding"
+    )
+
+
+def check_decoded_size(data: Any, max_pixels: int) -> tuple[int, int, str]:
+    """:func:`compressed_image_size`, refusing more than ``max_pixels`` (width × height).
+
+    Raises
+    ------
+    ImageDecodeError : what :func:`compressed_image_size` raises, or an image over the limit
+        (the message gives its decoded size).
+    """
+    width, height, kind = compressed_image_size(data)
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            f"compressed {kind.upper()} image would decode to {width}x{height} = {width * height} pixels, "
+            f"more than the limit of {max_pixels}; refused before decoding"
+        )
+    return width, height, kind
+
+
+def check_jpeg_structure(data: Any) -> tuple[int, int]:
+    """Check a JPEG's marker structure from start to end; its ``(width, height)`` when it is whole.
+
+    libjpeg decodes a truncated or partly overwritten JPEG with a warning only (grey or garbage
+    blocks, no error), so the structure is checked first: the segments from SOI to EOI with
+    consistent lengths, one frame header, at least one scan, inside each scan's entropy-coded data
+    only stuffed bytes (``FF 00``) and restart markers in their order (``FFD0``…``FFD7``), and after
+    EOI nothing but padding. Random bytes fail this almost surely (a ``FF`` comes every 256 bytes
+    and must be followed by one of a few values); a flipped bit inside the entropy-coded data
+    cannot be seen without decoding.
+
+    Raises
+    ------
+    ImageDecodeError : a truncated or corrupt JPEG (the message says where and what).
+    """
+    return _walk_jpeg(_byte_view(data), full=True)
+
+
+def _walk_jpeg(buf: memoryview, full: bool) -> tuple[int, int]:
+    """Walk a JPEG's segments: up to the frame header (``full=False``) or to EOI and beyond (``full=True``)."""
+    n = len(buf)
+    if n < 4 or buf[0] != 0xFF or buf[1] != 0xD8:
+        raise ImageDecodeError("corrupt JPEG: it does not start with the start-of-image marker FFD8")
+    arr = np.frombuffer(buf, dtype=np.uint8) if full else None
+    truncated = f"truncated JPEG: its {n} bytes end before the end-of-image marker (FFD9)"
+    pos, size, scans = 2, None, 0
+    while True:
+        if pos >= n:
+            raise ImageDecodeError(truncated)
+        if buf[pos] != 0xFF:
+            raise ImageDecodeError(f"corrupt JPEG: a marker was expected at byte {pos}, found 0x{buf[pos]:02X}")
+        while pos < n and buf[pos] == 0xFF:  # fill bytes may precede a marker
+            pos += 1
+        if pos >= n:
+            raise ImageDecodeError(truncated)
+        marker, at = buf[pos], pos - 1
+        pos += 1
+        if marker == 0xD9:  # EOI
+            if size is None or scans == 0:
+                raise ImageDecodeError(f"corrupt JPEG: end-of-image marker at byte {at} before any image data")
+            rest = arr[pos:]
+            if rest.size and np.any((rest != 0) & (rest != 0xFF)):
+                raise ImageDecodeError(
+                    f"corrupt JPEG: {rest.size} bytes of data after its end-of-image marker at byte {at}"
+                )
+            return size
+        if marker < 0xC0 or 0xD0 <= marker <= 0xD8:  # reserved, TEM, RSTn or a second SOI: not a segment here
+            raise ImageDecodeError(f"corrupt JPEG: invalid marker FF{marker:02X} at byte {at}")
+        if pos + 2 > n:
+            raise ImageDecodeError(truncated)
+        length = (buf[pos] << 8) | buf[pos + 1]
+        if length < 2:
+            raise ImageDecodeError(f"corrupt JPEG: segment FF{marker:02X} at byte {at} has length {length}")
+        if pos + length > n:
+            raise ImageDecodeError(truncated)
+        if marker in _JPEG_SOF:
+            seg = bytes(buf[pos + 2 : pos + length])
+            if size is not None:
+                raise ImageDecodeError(f"corrupt JPEG: a second frame header (FF{marker:02X}) at byte {at}")
+            if len(seg) < 6 or len(seg) != 6 + 3 * seg[5]:
+                raise ImageDecodeError(f"corrupt JPEG: malformed frame header at byte {at}")
+            height, width = (seg[1] << 8) | seg[2], (seg[3] << 8) | seg[4]
+            if width == 0 or height == 0:
+                raise ImageDecodeError(f"JPEG frame header gives the size {width}x{height} (not supported)")
+            size = (width, height)
+            if not full:
+                return size
+        pos += length
+        if marker == 0xDA:  # start of scan: entropy-coded data follows, up to the next real marker
+            if size is None:
+                raise ImageDecodeError(f"corrupt JPEG: a scan at byte {at} before the frame header")
+            scans += 1
+            pos = _end_of_entropy_data(arr, pos, truncated)
+    # not reached
+
+
+def _end_of_entropy_data(arr: np.ndarray, start: int, truncated: str) -> int:
+    """The offset of the marker that ends the entropy-coded data beginning at ``start``.
+
+    Inside it a ``FF`` byte is followed by ``00`` (stuffing), by ``FF`` (fill before a marker) or by a
+    restart marker ``D0``…``D7``, which must come in the order 0, 1, …, 7, 0, … from each scan's start.
+    """
+    ff = np.flatnonzero(arr[start:-1] == 0xFF) + start
+    nxt = arr[ff + 1]
+    rst = (nxt >= 0xD0) & (nxt <= 0xD7)
+    inside = (nxt == 0) | (nxt == 0xFF) | rst
+    ends = np.flatnonzero(~inside)
+    if ends.size == 0:
+        raise ImageDecodeError(truncated)
+    end = int(ff[ends[0]])
+    order = nxt[: ends[0]][rst[: ends[0]]].astype(np.int64) - 0xD0
+    wrong = np.flatnonzero(order != np.arange(order.size) % 8)
+    if wrong.size:
+        i = int(wrong[0])
+        at = int(ff[: ends[0]][rst[: ends[0]]][i])
+        raise ImageDecodeError(f"corrupt JPEG: restart marker FF{0xD0 + order[i]:02X} out of order at byte {at}")
+    return end
+
+
 def _is_rclpy_message(msg: Any) -> bool:
     return type(msg).__module__.startswith("sensor_msgs.msg")
 
@@ -245,25 +422,38 @@ def check_image_layout(msg: Any) -> None:
         )
 
 
-def decode_image(msg: Any, encoding: str | None = None) -> np.ndarray:
+def decode_image(msg: Any, encoding: str | None = None, *, max_pixels: int = MAX_DECODE_PIXELS) -> np.ndarray:
     """Decode an ``Image`` or ``CompressedImage`` to a numpy array.
+
+    A compressed image must be a PNG or a JPEG: its size is read from the header first
+    (:func:`compressed_image_size`) and more than ``max_pixels`` is refused before anything is
+    decoded.
 
     Parameters
     ----------
     msg : the message.
     encoding : the wanted encoding (``"rgb8"``, ``"mono8"``, ``"32FC1"`` …); ``None`` keeps
         the stored one (a compressed image decodes to ``bgr8``/``mono8``/``mono16`` as stored).
+    max_pixels : the largest decoded size (width × height) of a compressed image.
 
     Raises
     ------
-    ImageDecodeError : the message cannot be decoded or converted.
+    ImageDecodeError : the message cannot be decoded or converted; a compressed image that is
+        neither PNG nor JPEG, or larger than ``max_pixels``.
     """
     try:
         if is_compressed(msg):
-            data = np.frombuffer(memoryview(msg.data).cast("B"), dtype=np.uint8)
-            img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+            data = np.frombuffer(_byte_view(msg.data), dtype=np.uint8)
+            if not data.size:
+                raise ImageDecodeError(f"cannot decode compressed image (format {msg.format!r}, no data)")
+            width, height, kind = check_decoded_size(data, max_pixels)
+            img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
             if img is None:
                 raise ImageDecodeError(f"cannot decode compressed image (format {msg.format!r}, {data.size} bytes)")
+            if img.shape[:2] not in ((height, width), (width, height)):  # (EXIF orientation may swap them)
+                raise ImageDecodeError(
+                    f"compressed image decoded to {img.shape[1]}x{img.shape[0]} but its header says {width}x{height}"
+                )
             if img.ndim == 2:
                 src = "mono16" if img.dtype == np.uint16 else "mono8"
             else:
@@ -284,12 +474,13 @@ def decode_image(msg: Any, encoding: str | None = None) -> np.ndarray:
         raise ImageDecodeError(f"cannot convert image from {src!r} to {encoding!r}: {err}") from err
 
 
-def decode_rgb(msg: Any) -> np.ndarray:
+def decode_rgb(msg: Any, *, max_pixels: int = MAX_DECODE_PIXELS) -> np.ndarray:
     """Decode any colour, grey or bayer image message to ``H×W×3`` uint8 RGB.
 
     16-bit images are scaled to 8 bit; grey images are replicated to three channels.
+    ``max_pixels`` bounds a compressed image's decoded size (:func:`decode_image`).
     """
-    img = decode_image(msg)
+    img = decode_image(msg, max_pixels=max_pixels)
     if not is_compressed(msg) and msg.encoding not in COLOUR_ENCODINGS:
         raise ImageDecodeError(f"encoding {msg.encoding!r} is not a colour or grey camera image")
     src = (

@@ -54,7 +54,7 @@ import cv2
 import numpy as np
 
 from .errors import DualDepthError
-from .images import ImageDecodeError, decode_image, decode_rgb
+from .images import MAX_DECODE_PIXELS, ImageDecodeError, check_decoded_size, decode_image, decode_rgb, is_compressed
 from .intrinsics import Intrinsics
 
 __all__ = [
@@ -393,6 +393,8 @@ class Preprocessor:
         CameraInfo (which may then be absent or uncalibrated); the images are taken as
         already undistorted.
     cache_size : how many distinct CameraInfo calibrations to keep maps for.
+    max_image_pixels : the largest decoded size (width × height) of a compressed image; larger
+        ones are refused from their header, before decoding (the node sets its ``max_image_pixels``).
 
     Examples
     --------
@@ -411,6 +413,7 @@ class Preprocessor:
         rectify: bool = True,
         intrinsics: Any = None,
         cache_size: int = 8,
+        max_image_pixels: int = MAX_DECODE_PIXELS,
     ) -> None:
         if int(width) <= 0 or int(height) <= 0:
             raise ValueError(f"target size must be positive, got {width}x{height}")
@@ -422,6 +425,7 @@ class Preprocessor:
         self.rectify = bool(rectify)
         self.explicit_intrinsics = parse_intrinsics(intrinsics)
         self._cache_size = max(1, int(cache_size))
+        self.max_image_pixels = int(max_image_pixels)
         self._cameras: collections.OrderedDict[tuple, CameraModel] = collections.OrderedDict()
         self._lock = threading.Lock()  # the node may call from several callback threads
 
@@ -509,6 +513,10 @@ class Preprocessor:
                 raise PreprocessError(f"expected an H×W×3 uint8 RGB array, got {image.dtype} {image.shape}")
             return image
         try:
+            if is_compressed(image):  # the decoded size from the header, before anything is decoded
+                check_decoded_size(image.data, self.max_image_pixels)
+            if self.max_image_pixels > MAX_DECODE_PIXELS:  # decode_rgb applies the default bound itself
+                return decode_rgb(image, max_pixels=self.max_image_pixels)
             return decode_rgb(image)
         except ImageDecodeError as err:
             raise FrameDecodeError(f"cannot decode image: {err}") from None

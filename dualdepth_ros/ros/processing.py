@@ -4,7 +4,7 @@ No ROS and no torch here: messages are duck-typed (rclpy messages and ``rosbags`
 both work), so the live node and the bag-to-bag path run exactly the same code::
 
     Image / CompressedImage + CameraInfo
-      ──check_image (size limit, encoding, step/data length)
+      ──check_image (size limits, encoding, step/data length; a compressed image's size from its header)
       ──ModelMetadata.preprocessor(): decode → rectify → resize/crop (intrinsics follow)
       ──Backend.infer(1×3×h×w) → depth (model units), confidence
       ──ScaleEstimator → factor (none / fixed / camera_height)
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DualDepthError
-from ..images import COLOUR_ENCODINGS, ImageDecodeError, check_image_layout, is_compressed
+from ..images import COLOUR_ENCODINGS, ImageDecodeError, check_image_layout, compressed_image_size, is_compressed
 from ..intrinsics import Intrinsics
 from ..preprocess import PreprocessError
 from .params import OutputSettings, default_model_dir
@@ -103,10 +103,14 @@ class FrameOutput:
 def check_image(msg: Any, max_pixels: int) -> None:
     """Refuse a message before decoding it (cheap checks on the declared layout).
 
+    A compressed image's size is read from its PNG/JPEG header (nothing is decoded), so an image
+    that would decode to more than ``max_pixels`` is refused before it takes any memory.
+
     Raises
     ------
-    InputError : empty payload, a 0×0 or larger-than-``max_pixels`` image, an encoding that
-        is not a camera image, ``step``/``data`` lengths that disagree with the size.
+    InputError : empty payload, a 0×0 or larger-than-``max_pixels`` image, a compressed image
+        that is neither PNG nor JPEG or whose header is corrupt, an encoding that is not a camera
+        image, ``step``/``data`` lengths that disagree with the size.
     """
     if is_compressed(msg):
         n = len(msg.data)
@@ -114,6 +118,15 @@ def check_image(msg: Any, max_pixels: int) -> None:
             raise InputError("compressed image has no data")
         if n > 4 * max_pixels:
             raise InputError(f"compressed image of {n} bytes is larger than max_image_pixels={max_pixels} allows")
+        try:
+            w, h, kind = compressed_image_size(msg.data)
+        except ImageDecodeError as err:
+            raise InputError(str(err)) from None
+        if w * h > max_pixels:
+            raise InputError(
+                f"compressed {kind.upper()} image would decode to {w}x{h} = {w * h} pixels, more than "
+                f"max_image_pixels={max_pixels}; refused before decoding"
+            )
         return
     w, h = int(msg.width), int(msg.height)
     if w <= 0 or h <= 0:
@@ -169,6 +182,16 @@ class FrameProcessor:
         self.output = output or OutputSettings()
         self.scaler = ScaleEstimator(scale)
         self.max_image_pixels = int(max_image_pixels)
+
+    @property
+    def max_image_pixels(self) -> int:
+        """Inputs larger than this (width × height, decoded) are refused."""
+        return self._max_image_pixels
+
+    @max_image_pixels.setter
+    def max_image_pixels(self, value: int) -> None:
+        self._max_image_pixels = int(value)
+        self.preprocessor.max_image_pixels = self._max_image_pixels  # the decoder's own bound
 
     @property
     def scale_settings(self) -> ScaleSettings:
