@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import shutil
+import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -323,3 +327,41 @@ def test_eval_json_on_a_full_disk_leaves_no_tmp(
         assert "frames in" in proc.stdout  # the evaluation ran; writing its result failed
         assert_disk_error(proc, folder / "eval.json", errnos)
         assert not list(folder.iterdir())
+
+
+# ---------------------------------------------------------------------------------------
+# train stopped by a signal
+# ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def frame_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("frames")
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_train_stopped_by_a_signal_saves_and_exits_non_zero(
+    sig: signal.Signals, code: int, sample_bag: Path, tmp_path: Path, frame_cache: Path, dualdepth_exe: list[str]
+) -> None:
+    """`make train && make export-default` must stop when training was stopped: exit 128 + N, checkpoint saved."""
+    run = tmp_path / "run"
+    tiny = [a for s in [*TINY_TRAIN, "train.micro_batch=2"] for a in ("--set", s)]
+    argv = ["train", "--bag", str(sample_bag), "--out", str(run), "--max-steps", "100000", "--no-progress", *tiny]
+    env = {**os.environ, "DUALDEPTH_CACHE": str(frame_cache), "PYTHONUNBUFFERED": "1"}
+    with open(tmp_path / "stderr.txt", "w") as err_file:
+        proc = subprocess.Popen(dualdepth_exe + argv, stdout=subprocess.PIPE, stderr=err_file, text=True, env=env)
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout], daemon=True).start()
+        try:
+            deadline = time.monotonic() + 240
+            while True:  # the banner is printed once the signal handlers are in place
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0.1))
+                if line.startswith("training 96x32"):
+                    break
+            proc.send_signal(sig)
+            assert proc.wait(timeout=240) == code
+        finally:
+            proc.kill()
+            proc.wait()
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert "Traceback" not in stderr and f"stopped by {sig.name}" in stderr, stderr
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["step"] < 100000 and "optimizer" in ckpt  # saved, resumable

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -105,4 +106,14 @@ def run(args: argparse.Namespace) -> int:
             f"trained {summary['step']}/{summary['total_steps']} steps in {summary['seconds']:.0f} s; "
             f"checkpoint {args.out}/last.pt"
         )
+    signum = summary.get("stopped_by_signal")
+    if signum:
+        # Not finished: exit as a process killed by that signal would (130 SIGINT, 143 SIGTERM), so that
+        # `make train && make export-default` stops here.
+        print(
+            f"stopped by {signal.Signals(signum).name} before the last step; "
+            f"continue with: dualdepth train … --out {args.out} --resume",
+            file=sys.stderr,
+        )
+        return 128 + int(signum)
     return 0

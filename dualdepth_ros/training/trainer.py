@@ -262,6 +262,7 @@ class Trainer:
         if self.cuda and self.tc.compile:
             self.net = torch.compile(self.net)
         self._stop = False
+        self.stop_signal: int | None = None  # SIGINT/SIGTERM that stopped fit() before the last step
         self._saved_step = -1  # the step whose checkpoint is on disk (a resumed run's is written again)
 
     # -- setup helpers ---------------------------------------------------------------------
@@ -558,25 +559,14 @@ class Trainer:
         if self.dist.is_main:
             (self.out / "config.json").write_text(json.dumps(self.state()["config"], indent=2, default=str))
         log = RunLogger(self.out, self.total_steps, self.step, enabled=self.dist.is_main)
-        n_depth = count_parameters(self.model.depth)
-        n_pose = count_parameters(self.model.pose)
-        log.write(
-            f"training {self.cfg.input.width}x{self.cfg.input.height}: {len(self.train_set)} train / "
-            f"{len(self.val_set)} val clips, {self.steps_per_epoch} steps/epoch, {self.total_steps} steps, "
-            f"depth net {n_depth / 1e6:.2f} M params, pose net {n_pose / 1e6:.2f} M, device {self.device}"
-            + (f" × {self.dist.world_size} processes" if self.dist.enabled else "")
-            + (f", resuming at step {self.step}" if self.step else "")
-        )
-        if self.memory_plan is not None:
-            log.write(self.memory_plan.describe())
-        elif self.micro_batch < self.cfg.optim.batch_size:
-            log.write(f"memory: micro-batch {self.micro_batch} (batch {self.cfg.optim.batch_size} by accumulation)")
-        for line in self._data_banner():
-            log.write("  " + line)
+        # From here on SIGINT/SIGTERM stop the run after the current step and save it (the banner
+        # below is printed once they are in place): fit() then reports the signal, the CLI exits 128 + N.
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.stop_signal = None
 
         def request_stop(signum: int, frame: Any) -> None:
             self._stop = True
+            self.stop_signal = self.stop_signal or signum
             log.write(f"signal {signum}: stopping after this step and saving a checkpoint")
 
         for s in previous:
@@ -584,6 +574,7 @@ class Trainer:
         t0, last_t, last_step = time.monotonic(), time.monotonic(), self.step
         self._fit_t0 = t0
         try:
+            self._write_banner(log)
             while self.step < self.total_steps and not self._stop:
                 epoch, start_batch = divmod(self.step, self.steps_per_epoch)
                 for items in self._loader(epoch, start_batch):
@@ -621,7 +612,8 @@ class Trainer:
             log.close()
             self._seconds_before, self._fit_t0 = self.train_seconds, None
         elapsed = time.monotonic() - t0
-        if self._stop and self.step < self.total_steps:
+        stopped = self._stop and self.step < self.total_steps
+        if stopped:
             log.write(f"stopped at step {self.step}/{self.total_steps}; continue with --resume")
         summary = {
             "step": self.step,
@@ -629,10 +621,29 @@ class Trainer:
             "seconds": elapsed,
             "train_seconds": self.train_seconds,
             "last_validation": self.metrics,
+            "stopped_by_signal": self.stop_signal if stopped else None,
         }
         if self.dist.is_main:
             (self.out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
         return summary
+
+    def _write_banner(self, log: RunLogger) -> None:
+        """The run's first lines: size, clips, steps, networks, device, memory plan, data pipeline."""
+        n_depth = count_parameters(self.model.depth)
+        n_pose = count_parameters(self.model.pose)
+        log.write(
+            f"training {self.cfg.input.width}x{self.cfg.input.height}: {len(self.train_set)} train / "
+            f"{len(self.val_set)} val clips, {self.steps_per_epoch} steps/epoch, {self.total_steps} steps, "
+            f"depth net {n_depth / 1e6:.2f} M params, pose net {n_pose / 1e6:.2f} M, device {self.device}"
+            + (f" × {self.dist.world_size} processes" if self.dist.enabled else "")
+            + (f", resuming at step {self.step}" if self.step else "")
+        )
+        if self.memory_plan is not None:
+            log.write(self.memory_plan.describe())
+        elif self.micro_batch < self.cfg.optim.batch_size:
+            log.write(f"memory: micro-batch {self.micro_batch} (batch {self.cfg.optim.batch_size} by accumulation)")
+        for line in self._data_banner():
+            log.write("  " + line)
 
     def _data_banner(self) -> list[str]:
         """What the data pipeline did: the image preprocessing, the clip layout, the still-camera filter, the split."""
