@@ -427,7 +427,7 @@ def decode_image(msg: Any, encoding: str | None = None, *, max_pixels: int = MAX
 
     A compressed image must be a PNG or a JPEG: its size is read from the header first
     (:func:`compressed_image_size`) and more than ``max_pixels`` is refused before anything is
-    decoded.
+    decoded; a JPEG's structure is checked before decoding (:func:`check_jpeg_structure`).
 
     Parameters
     ----------
@@ -439,7 +439,7 @@ def decode_image(msg: Any, encoding: str | None = None, *, max_pixels: int = MAX
     Raises
     ------
     ImageDecodeError : the message cannot be decoded or converted; a compressed image that is
-        neither PNG nor JPEG, or larger than ``max_pixels``.
+        neither PNG nor JPEG, larger than ``max_pixels``, truncated or corrupt.
     """
     try:
         if is_compressed(msg):
@@ -447,6 +447,8 @@ def decode_image(msg: Any, encoding: str | None = None, *, max_pixels: int = MAX
             if not data.size:
                 raise ImageDecodeError(f"cannot decode compressed image (format {msg.format!r}, no data)")
             width, height, kind = check_decoded_size(data, max_pixels)
+            if kind == "jpeg":
+                check_jpeg_structure(data)
             img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
             if img is None:
                 raise ImageDecodeError(f"cannot decode compressed image (format {msg.format!r}, {data.size} bytes)")

@@ -21,8 +21,10 @@ import cv2
 import numpy as np
 import pytest
 from node_harness import FakeBackend
+from test_data_bags import moving_frames, write_bag
 
 from dualdepth_ros import bagio
+from dualdepth_ros.data import load_frames
 from dualdepth_ros.images import (
     MAX_DECODE_PIXELS,
     ImageDecodeError,
@@ -31,7 +33,7 @@ from dualdepth_ros.images import (
     decode_image,
 )
 from dualdepth_ros.intrinsics import Intrinsics
-from dualdepth_ros.preprocess import PreprocessError
+from dualdepth_ros.preprocess import FrameDecodeError, PreprocessError, Preprocessor
 from dualdepth_ros.ros.params import OutputSettings
 from dualdepth_ros.ros.processing import FrameProcessor, InputError, check_image
 from dualdepth_ros.ros.scale import ScaleSettings
@@ -230,3 +232,84 @@ def test_the_node_bound_reaches_the_decoder() -> None:
         p.preprocessor(ok, _info(320, 96))
     p.max_image_pixels = 320 * 96
     assert p.process(ok, _info(320, 96)).depth.shape == (48, 160)
+
+
+# ---------------------------------------------------------------------------------------
+# Corrupt and truncated compressed images
+# ---------------------------------------------------------------------------------------
+def _overwrite_tail(data: np.ndarray, seed: int, keep: float = 1 / 3) -> bytes:
+    """``data`` with everything after its first third replaced by random bytes (the issue's corruption)."""
+    out = bytearray(data.tobytes())
+    k = int(len(out) * keep)
+    out[k:] = np.random.default_rng(seed).integers(0, 256, len(out) - k, dtype=np.uint8).tobytes()
+    return bytes(out)
+
+
+def test_partly_overwritten_jpegs_are_refused() -> None:
+    """OpenCV (libjpeg) decodes these with a warning only; all of 200 are refused, each with one line."""
+    data = _encode(_texture(96, 320, seed=3), ".jpg", [cv2.IMWRITE_JPEG_QUALITY, 95])
+    silently_decoded = 0
+    for seed in range(200):
+        bad = _overwrite_tail(data, seed)
+        silently_decoded += cv2.imdecode(np.frombuffer(bad, np.uint8), cv2.IMREAD_UNCHANGED) is not None
+        with pytest.raises(ImageDecodeError, match="corrupt JPEG|truncated JPEG") as err:
+            decode_image(_compressed(bad))
+        assert "\n" not in str(err.value)
+    assert silently_decoded > 150  # what happened before: OpenCV returns an image for nearly all of them
+
+
+@pytest.mark.parametrize("cut", [0.25, 0.5, 0.9, -2, -1])
+def test_truncated_jpegs_are_refused(cut: float) -> None:
+    data = _encode(_texture(96, 320, seed=4), ".jpg").tobytes()
+    n = int(len(data) * cut) if cut > 0 else len(data) + int(cut)
+    with pytest.raises(ImageDecodeError, match=r"truncated JPEG: its \d+ bytes end before the end-of-image marker"):
+        check_jpeg_structure(data[:n])
+
+
+def test_jpeg_structure_details() -> None:
+    data = _encode(_texture(64, 64, seed=5), ".jpg", [cv2.IMWRITE_JPEG_RST_INTERVAL, 1]).tobytes()
+    assert check_jpeg_structure(data + b"\x00" * 7) == (64, 64)  # zero padding after EOI (some encoders)
+    with pytest.raises(ImageDecodeError, match=r"corrupt JPEG: 5 bytes of data after its end-of-image marker"):
+        check_jpeg_structure(data + b"abcde")
+    i = data.index(b"\xff\xd1")  # the second restart marker, renumbered: the order is checked
+    with pytest.raises(ImageDecodeError, match=f"restart marker FFD3 out of order at byte {i}"):
+        check_jpeg_structure(data[:i] + b"\xff\xd3" + data[i + 2 :])
+    sof = data.index(b"\xff\xc0")
+    with pytest.raises(ImageDecodeError, match="second frame header"):
+        check_jpeg_structure(data[: len(data) - 2] + data[sof : sof + 19] + b"\xff\xd9")
+
+
+@pytest.mark.parametrize("damage", ["overwritten", "truncated"])
+def test_corrupt_compressed_frames_are_refused_by_the_node_processing(damage: str) -> None:
+    """Counted as bad input: the node's fault handling gets a PreprocessError (a FrameDecodeError) with one line."""
+    rgb = _texture(96, 320, seed=6)
+    for fmt in ("jpeg", "png"):
+        msg = bagio.compressed_image_msg(rgb, T0, "cam", fmt)
+        data = np.asarray(msg.data, np.uint8)
+        msg.data = np.frombuffer(
+            _overwrite_tail(data, 0) if damage == "overwritten" else data[: len(data) * 2 // 3].tobytes(), np.uint8
+        )
+        with pytest.raises(FrameDecodeError) as err:
+            _processor().process(msg, _info(320, 96))
+        assert "\n" not in str(err.value)
+        assert "corrupt" in str(err.value) or "truncated" in str(err.value) or "cannot decode" in str(err.value)
+
+
+def test_a_bag_with_corrupt_frames_trains_on_the_others(tmp_path) -> None:
+    """Training data: a corrupt JPEG is skipped and counted like any undecodable frame, not used."""
+    frames = moving_frames(6)
+    path = write_bag(tmp_path / "bag", frames, compressed="jpeg")
+    store = load_frames(path, Preprocessor(32, 24))
+    assert len(store) == 6
+    bad = tmp_path / "bad"
+    with bagio.BagWriter(bad) as bag:
+        bag.add_topic("/cam/image_raw/compressed", bagio.COMPRESSED_IMAGE)
+        bag.add_topic("/cam/camera_info", bagio.CAMERA_INFO)
+        for i, img in enumerate(frames):
+            ts = T0 + i * 100_000_000
+            bag.write("/cam/camera_info", bagio.camera_info_msg(64, 48, _info(64, 48, 40.0).k, ts, "cam"), ts)
+            msg = bagio.compressed_image_msg(img, ts, "cam", "jpeg")
+            if i == 2:
+                msg.data = np.frombuffer(_overwrite_tail(np.asarray(msg.data, np.uint8), 1), np.uint8)
+            bag.write("/cam/image_raw/compressed", msg, ts)
+    assert len(load_frames(bad, Preprocessor(32, 24))) == 5
