@@ -60,6 +60,8 @@ from .intrinsics import Intrinsics
 __all__ = [
     "RESIZE_MODES",
     "DEFAULT_RESIZE_MODE",
+    "MIN_IMAGE_SIDE",
+    "check_image_size",
     "PREPROCESS_VERSION",
     "PreprocessError",
     "FrameDecodeError",
@@ -78,7 +80,14 @@ DEFAULT_RESIZE_MODE = "crop_center"
 
 #: Bumped whenever the output of :meth:`Preprocessor.prepare` could change for the same input;
 #: part of the decoded-frame cache key.
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2  # 2: images under MIN_IMAGE_SIDE and corrupt JPEGs refused
+
+#: The smallest camera image (each side, pixels) that is used. The depth network's encoder reduces its
+#: input by 32 (five stride-2 stages) and every model input side is at least 32, so an image with a
+#: side under 32 pixels holds less than one cell of the coarsest features at its own resolution:
+#: resized to the model's input it is a blur with no structure to estimate depth or motion from
+#: (a constant 1×1 image once passed the "moving" test of the training data).
+MIN_IMAGE_SIDE = 32
 
 #: Distortion models that rectification supports (``""``/``"none"`` only without distortion).
 DISTORTION_MODELS = ("plumb_bob", "rational_polynomial", "equidistant")
@@ -90,6 +99,20 @@ class PreprocessError(DualDepthError):
 
 class FrameDecodeError(PreprocessError):
     """One message whose bytes cannot be decoded (the camera setup itself may be fine)."""
+
+
+def check_image_size(width: int, height: int) -> None:
+    """Refuse a camera image smaller than :data:`MIN_IMAGE_SIDE` on either side.
+
+    Raises
+    ------
+    PreprocessError : ``width`` or ``height`` below the minimum.
+    """
+    if width < MIN_IMAGE_SIDE or height < MIN_IMAGE_SIDE:
+        raise PreprocessError(
+            f"image of {width}x{height} pixels is too small: each side must be at least {MIN_IMAGE_SIDE} pixels "
+            "(the network's coarsest stride); use the camera's full-resolution image topic"
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -396,6 +419,8 @@ class Preprocessor:
     max_image_pixels : the largest decoded size (width × height) of a compressed image; larger
         ones are refused from their header, before decoding (the node sets its ``max_image_pixels``).
 
+    Images smaller than :data:`MIN_IMAGE_SIDE` on a side are refused (:class:`PreprocessError`).
+
     Examples
     --------
     >>> pre = Preprocessor(640, 192, "crop_bottom")
@@ -532,8 +557,9 @@ class Preprocessor:
 
         Raises
         ------
-        PreprocessError : undecodable image, missing or uncalibrated camera_info, an image
-            whose size differs from the camera_info's, an unsupported distortion model.
+        PreprocessError : undecodable image, an image smaller than :data:`MIN_IMAGE_SIDE`,
+            missing or uncalibrated camera_info, an image whose size differs from the camera_info's,
+            an unsupported distortion model.
         """
         rgb, K = self.rectified(image, info)
         plan = self.plan(K.width, K.height)
@@ -548,6 +574,7 @@ class Preprocessor:
         """
         rgb = self.decode(image)
         h, w = rgb.shape[:2]
+        check_image_size(w, h)
         cam, K = self._source(info, w, h)
         if cam is not None:
             rgb = cam.rectify(rgb)

@@ -25,6 +25,7 @@ from test_data_bags import moving_frames, write_bag
 
 from dualdepth_ros import bagio
 from dualdepth_ros.data import load_frames
+from dualdepth_ros.errors import DualDepthError
 from dualdepth_ros.images import (
     MAX_DECODE_PIXELS,
     ImageDecodeError,
@@ -33,7 +34,7 @@ from dualdepth_ros.images import (
     decode_image,
 )
 from dualdepth_ros.intrinsics import Intrinsics
-from dualdepth_ros.preprocess import FrameDecodeError, PreprocessError, Preprocessor
+from dualdepth_ros.preprocess import MIN_IMAGE_SIDE, FrameDecodeError, PreprocessError, Preprocessor
 from dualdepth_ros.ros.params import OutputSettings
 from dualdepth_ros.ros.processing import FrameProcessor, InputError, check_image
 from dualdepth_ros.ros.scale import ScaleSettings
@@ -313,3 +314,36 @@ def test_a_bag_with_corrupt_frames_trains_on_the_others(tmp_path) -> None:
                 msg.data = np.frombuffer(_overwrite_tail(np.asarray(msg.data, np.uint8), 1), np.uint8)
             bag.write("/cam/image_raw/compressed", msg, ts)
     assert len(load_frames(bad, Preprocessor(32, 24))) == 5
+
+
+# ---------------------------------------------------------------------------------------
+# The minimum image size
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("width", "height"), [(1, 1), (MIN_IMAGE_SIDE - 1, 48), (64, MIN_IMAGE_SIDE - 1)])
+def test_images_under_the_minimum_are_refused(width: int, height: int) -> None:
+    rgb = np.full((height, width, 3), 128, np.uint8)
+    pre = Preprocessor(160, 48, intrinsics=f"{width},{width},{(width - 1) / 2},{(height - 1) / 2}")
+    too_small = rf"image of {width}x{height} pixels is too small: each side must be at least {MIN_IMAGE_SIDE} pixels"
+    for image in (rgb, bagio.image_msg(rgb, "rgb8", T0, "cam"), bagio.compressed_image_msg(rgb, T0, "cam", "png")):
+        with pytest.raises(PreprocessError, match=too_small):
+            pre.prepare(image)
+    # The node's processing refuses it before decoding (raw and compressed), as bad input.
+    for msg in (bagio.image_msg(rgb, "rgb8", T0, "cam"), bagio.compressed_image_msg(rgb, T0, "cam", "jpeg")):
+        with pytest.raises(InputError, match=too_small):
+            check_image(msg, max_pixels=4096 * 4096)
+        with pytest.raises(InputError, match=too_small):
+            _processor().process(msg, _info(width, height))
+
+
+def test_the_minimum_size_itself_is_accepted() -> None:
+    rgb = _texture(MIN_IMAGE_SIDE, MIN_IMAGE_SIDE)
+    out = _processor().process(bagio.image_msg(rgb, "rgb8", T0, "cam"), _info(MIN_IMAGE_SIDE, MIN_IMAGE_SIDE))
+    assert out.depth.shape == (48, 160)
+
+
+def test_training_data_refuses_a_bag_of_tiny_images(tmp_path) -> None:
+    """The training data path (load_frames, what `dualdepth train` reads) names the bag and the reason in one line."""
+    frames = [np.full((1, 1, 3), v, np.uint8) for v in (10, 200, 10, 200)]  # "moving", by the old motion test
+    path = write_bag(tmp_path / "tiny", frames, K=np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1]]))
+    with pytest.raises(DualDepthError, match=r"bag .*tiny, topic /cam/image_raw: image of 1x1 pixels is too small"):
+        load_frames(path, Preprocessor(32, 24))

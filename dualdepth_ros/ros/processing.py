@@ -41,7 +41,7 @@ import numpy as np
 from ..errors import DualDepthError
 from ..images import COLOUR_ENCODINGS, ImageDecodeError, check_image_layout, compressed_image_size, is_compressed
 from ..intrinsics import Intrinsics
-from ..preprocess import PreprocessError
+from ..preprocess import PreprocessError, check_image_size
 from .params import OutputSettings, default_model_dir
 from .scale import ScaleEstimator, ScaleSettings
 
@@ -108,9 +108,10 @@ def check_image(msg: Any, max_pixels: int) -> None:
 
     Raises
     ------
-    InputError : empty payload, a 0×0 or larger-than-``max_pixels`` image, a compressed image
-        that is neither PNG nor JPEG or whose header is corrupt, an encoding that is not a camera
-        image, ``step``/``data`` lengths that disagree with the size.
+    InputError : empty payload, a 0×0 or larger-than-``max_pixels`` image, one with a side under
+        :data:`~dualdepth_ros.preprocess.MIN_IMAGE_SIDE`, a compressed image that is neither PNG
+        nor JPEG or whose header is corrupt, an encoding that is not a camera image,
+        ``step``/``data`` lengths that disagree with the size.
     """
     if is_compressed(msg):
         n = len(msg.data)
@@ -127,12 +128,14 @@ def check_image(msg: Any, max_pixels: int) -> None:
                 f"compressed {kind.upper()} image would decode to {w}x{h} = {w * h} pixels, more than "
                 f"max_image_pixels={max_pixels}; refused before decoding"
             )
+        _check_min_size(w, h)
         return
     w, h = int(msg.width), int(msg.height)
     if w <= 0 or h <= 0:
         raise InputError(f"empty image ({w}x{h})")
     if w * h > max_pixels:
         raise InputError(f"image of {w}x{h} = {w * h} pixels is larger than max_image_pixels={max_pixels}")
+    _check_min_size(w, h)
     if msg.encoding not in COLOUR_ENCODINGS:
         raise InputError(
             f"unsupported image encoding {msg.encoding!r} (a camera image is needed: {', '.join(COLOUR_ENCODINGS)})"
@@ -140,6 +143,13 @@ def check_image(msg: Any, max_pixels: int) -> None:
     try:
         check_image_layout(msg)
     except ImageDecodeError as err:
+        raise InputError(str(err)) from None
+
+
+def _check_min_size(width: int, height: int) -> None:
+    try:
+        check_image_size(width, height)
+    except PreprocessError as err:
         raise InputError(str(err)) from None
 
 
