@@ -356,3 +356,29 @@ def test_ground_truth_depth_outputs_follow_the_bag(sample_bag: Path) -> None:
     torch.testing.assert_close(out[("depth_fused", 0, 0)][valid], gt[valid].clamp(max=far))
     assert float(out[("depth_fused", 0, 0)][~valid].min()) == pytest.approx(1 / cfg.model.disp_offset)
     assert out[("depth_fused", 0, 1)].shape[-2:] == (16, 48)
+
+
+def test_banner_and_config_json_name_the_camera_topics_used(
+    sample_bag: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Auto-detected topics are named in the banner and recorded in config.json and the checkpoint."""
+    import json
+
+    Trainer(
+        tiny_cfg("train.max_steps=1", "train.micro_batch=2"), [str(sample_bag)], tmp_path / "t", progress=False
+    ).fit()
+    assert "camera: /camera/image_raw (Image) with /camera/camera_info" in capsys.readouterr().out
+    recorded = json.loads((tmp_path / "t" / "config.json").read_text())
+    assert recorded["data"]["image_topic"] == "/camera/image_raw"
+    assert recorded["data"]["camera_info_topic"] == "/camera/camera_info"
+    assert recorded["bags"] == [
+        {
+            "bag": str(sample_bag),
+            "image_topic": "/camera/image_raw",
+            "image_type": "sensor_msgs/msg/Image",
+            "camera_info_topic": "/camera/camera_info",
+        }
+    ]
+    ckpt = load_checkpoint(tmp_path / "t" / "last.pt")
+    assert ckpt["camera_topics"] == recorded["bags"]
+    assert ckpt["config"]["data"]["image_topic"] is None  # as asked: eval on another drive still auto-detects

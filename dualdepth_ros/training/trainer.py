@@ -375,6 +375,7 @@ class Trainer:
             train_seconds=self.train_seconds,
             world_size=self.dist.world_size,
             micro_batch=self.micro_batch,
+            camera_topics=self.camera_topics(),
         )
 
     def save(self, name: str = "last.pt") -> Path | None:
@@ -394,6 +395,7 @@ class Trainer:
             step=self.step,
             total_steps=self.total_steps,
             train_seconds=self.train_seconds,
+            camera_topics=self.camera_topics(),
         )
         return atomic_save(ckpt, self.out / "snapshots" / f"step_{self.step:06d}.pt")
 
@@ -557,7 +559,7 @@ class Trainer:
         tc = self.tc
         self.out.mkdir(parents=True, exist_ok=True)
         if self.dist.is_main:
-            (self.out / "config.json").write_text(json.dumps(self.state()["config"], indent=2, default=str))
+            (self.out / "config.json").write_text(json.dumps(self.run_config(), indent=2, default=str))
         log = RunLogger(self.out, self.total_steps, self.step, enabled=self.dist.is_main)
         # From here on SIGINT/SIGTERM stop the run after the current step and save it (the banner
         # below is printed once they are in place): fit() then reports the signal, the CLI exits 128 + N.
@@ -627,6 +629,39 @@ class Trainer:
             (self.out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
         return summary
 
+    def camera_topics(self) -> list[dict[str, Any]]:
+        """Per bag, the camera topics the data layer actually read (auto-detected or given).
+
+        ``[{"bag": path, "image_topic": str, "image_type": str, "camera_info_topic": str | None}]``
+        (``camera_info_topic`` is None when ``data.intrinsics`` stands in for it).
+        """
+        return [
+            {
+                "bag": str(st.bag),
+                "image_topic": st.topics.image,
+                "image_type": st.topics.image_type,
+                "camera_info_topic": st.topics.camera_info,
+            }
+            for st in self.stores
+        ]
+
+    def run_config(self) -> dict[str, Any]:
+        """The run's config as trained (``RUN/config.json``): the topics resolved, every bag's listed.
+
+        ``data.image_topic`` / ``data.camera_info_topic`` are the topics used when every bag used the
+        same one (else they stay as configured); ``bags`` gives each bag's. The checkpoint's ``config``
+        keeps the topics as asked for (None = auto-detect), so evaluating on another drive still
+        auto-detects its camera; the checkpoint's ``camera_topics`` records what was used.
+        """
+        cfg = make_checkpoint(self.model, self.cfg, self.data_cfg)["config"]
+        used = self.camera_topics()
+        for key in ("image_topic", "camera_info_topic"):
+            values = {u[key] for u in used}
+            if len(values) == 1:
+                cfg["data"][key] = values.pop()
+        cfg["bags"] = used
+        return cfg
+
     def _write_banner(self, log: RunLogger) -> None:
         """The run's first lines: size, clips, steps, networks, device, memory plan, data pipeline."""
         n_depth = count_parameters(self.model.depth)
@@ -670,7 +705,19 @@ class Trainer:
             val = f"no validation ({note or 'data.val_fraction is 0'}); training on every clip"
         elif note:
             val += f" (none from {note})"
+        cameras = []
+        for entry in self.camera_topics():
+            info = entry["camera_info_topic"] or f"no camera_info (intrinsics {self.data_cfg.intrinsics})"
+            text = f"{entry['image_topic']} ({entry['image_type'].rsplit('/', 1)[-1]}) with {info}"
+            if text not in cameras:
+                cameras.append(text)
+        if len(cameras) > 1:  # bags that differ: name each bag's
+            cameras = [
+                f"{Path(e['bag']).name}: {e['image_topic']} with {e['camera_info_topic'] or 'no camera_info'}"
+                for e in self.camera_topics()
+            ]
         return [
+            f"camera: {'; '.join(cameras)}",
             f"images: {'; '.join(plans)} ({self.data_cfg.resize_mode})",
             layout,
             f"still-camera filter: {t['kept']} of {t['frames']} frames moving ({self.train_set.threshold_text()})",
