@@ -14,7 +14,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Intrinsics"]
+__all__ = ["Intrinsics", "FOV_RANGE_DEG", "PRINCIPAL_POINT_MARGIN"]
+
+#: The field of view a camera matrix may give along each image axis, in degrees (pinhole:
+#: ``2·atan(size / 2f)``). Real cameras, telephoto to fisheye-ish, lie well inside; values outside
+#: come from a unit mistake or a corrupted calibration (e.g. ``fx = 1e-30`` gives 180°).
+FOV_RANGE_DEG = (1.0, 175.0)
+#: How far the principal point may lie outside the image, as a fraction of the image's size.
+PRINCIPAL_POINT_MARGIN = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +106,44 @@ class Intrinsics:
     def flipped(self) -> Intrinsics:
         """Intrinsics of the horizontally mirrored image: ``cx' = W − 1 − cx``."""
         return dataclasses.replace(self, cx=self.width - 1 - self.cx)
+
+    def fov_deg(self) -> tuple[float, float]:
+        """Horizontal and vertical field of view in degrees, ``2·atan(size / 2f)`` (pinhole)."""
+        return (
+            float(np.degrees(2.0 * np.arctan(self.width / (2.0 * self.fx)))),
+            float(np.degrees(2.0 * np.arctan(self.height / (2.0 * self.fy)))),
+        )
+
+    def check_plausible(self, name: str = "K") -> None:
+        """Refuse intrinsics no camera has: a field of view outside :data:`FOV_RANGE_DEG` on either
+        axis, or a principal point more than :data:`PRINCIPAL_POINT_MARGIN` of the image outside it.
+
+        Parameters
+        ----------
+        name : what the intrinsics are called in the message (``"K"``, ``"P"``, ``"--intrinsics"``).
+
+        Raises
+        ------
+        ValueError : one line naming the bad value.
+        """
+        lo, hi = FOV_RANGE_DEG
+        fov_x, fov_y = self.fov_deg()
+        for axis, direction, f, size, fov in (
+            ("x", "horizontal", self.fx, self.width, fov_x),
+            ("y", "vertical", self.fy, self.height, fov_y),
+        ):
+            if not lo <= fov <= hi:
+                raise ValueError(
+                    f"{name} gives a {direction} field of view of {fov:.4g} degrees (f{axis}={f:g} for {size} "
+                    f"pixels); a camera has {lo:g}-{hi:g} degrees: check the calibration"
+                )
+        m = PRINCIPAL_POINT_MARGIN
+        for axis, c, size in (("x", self.cx, self.width), ("y", self.cy, self.height)):
+            if not -0.5 - m * size <= c <= size - 0.5 + m * size:
+                raise ValueError(
+                    f"{name} puts the principal point at c{axis}={c:g}, far outside the {self.width}x{self.height} "
+                    f"image (allowed {-0.5 - m * size:g} to {size - 0.5 + m * size:g}): check the calibration"
+                )
 
     def as_tuple(self) -> tuple[float, float, float, float, int, int]:
         return (self.fx, self.fy, self.cx, self.cy, self.width, self.height)

@@ -80,7 +80,7 @@ DEFAULT_RESIZE_MODE = "crop_center"
 
 #: Bumped whenever the output of :meth:`Preprocessor.prepare` could change for the same input;
 #: part of the decoded-frame cache key.
-PREPROCESS_VERSION = 2  # 2: images under MIN_IMAGE_SIDE and corrupt JPEGs refused
+PREPROCESS_VERSION = 2  # 2: images under MIN_IMAGE_SIDE, corrupt JPEGs and bad calibrations refused
 
 #: The smallest camera image (each side, pixels) that is used. The depth network's encoder reduces its
 #: input by 32 (five stride-2 stages) and every model input side is at least 32, so an image with a
@@ -307,10 +307,16 @@ class CameraModel:
     def from_camera_info(cls, info: Any) -> CameraModel:
         """Validate a CameraInfo and describe its rectification.
 
+        Beyond the format, the calibration must be one a camera can have (one line naming the bad
+        value otherwise): ``K`` and ``P`` give a field of view within
+        :data:`~dualdepth_ros.intrinsics.FOV_RANGE_DEG` and a principal point in or near the image,
+        their last rows are ``0 0 1 (0)``, ``R`` is a rotation, and the distortion keeps the
+        rectification well behaved (:meth:`check_rectification`).
+
         Raises
         ------
         PreprocessError : all-zero ``K`` (uncalibrated), binning or ROI (not supported),
-            an unknown distortion model with non-zero coefficients.
+            an unknown distortion model with non-zero coefficients, an implausible calibration.
         """
         width, height, model, D, K, R, P, bx, by, roi = cls.key(info)
         if width <= 0 or height <= 0:
@@ -336,7 +342,19 @@ class CameraModel:
             rectified = Intrinsics.from_matrix(new, width, height)
         except ValueError as err:
             raise PreprocessError(f"camera_info has an invalid camera matrix: {err}") from None
+        if not np.allclose(Kmat[2], [0.0, 0.0, 1.0], rtol=0.0, atol=1e-6):
+            raise PreprocessError(f"camera_info K has the last row {Kmat[2].tolist()}, not [0, 0, 1]")
+        if np.any(Pmat) and not np.allclose(Pmat[2], [0.0, 0.0, 1.0, 0.0], rtol=0.0, atol=1e-6):
+            raise PreprocessError(f"camera_info P has the last row {Pmat[2].tolist()}, not [0, 0, 1, 0]")
+        try:
+            raw.check_plausible("camera_info K")
+            if np.any(Pmat):
+                rectified.check_plausible("camera_info P")
+        except ValueError as err:
+            raise PreprocessError(str(err)) from None
         Rmat = np.asarray(R).reshape(3, 3) if len(R) == 9 and any(R) else np.eye(3)
+        if not (np.allclose(Rmat @ Rmat.T, np.eye(3), atol=1e-3) and np.linalg.det(Rmat) > 0):
+            raise PreprocessError(f"camera_info R is not a rotation matrix: {Rmat.ravel().tolist()}")
         has_distortion = any(abs(d) > 0 for d in D)
         model_l = model.lower()
         if has_distortion and model_l not in DISTORTION_MODELS:
@@ -348,7 +366,77 @@ class CameraModel:
         if model_l != "equidistant" and has_distortion and len(D) not in (4, 5, 8, 12, 14):
             raise PreprocessError(f"{model} distortion with {len(D)} coefficients is not supported")
         needs_remap = has_distortion or not np.allclose(Rmat, np.eye(3)) or not np.allclose(new, Kmat)
-        return cls(raw, rectified, model_l, tuple(D), tuple(Rmat.ravel()), needs_remap)
+        cam = cls(raw, rectified, model_l, tuple(D), tuple(Rmat.ravel()), needs_remap)
+        if needs_remap:
+            cam.check_rectification()
+        return cam
+
+    def _project(self, rays: np.ndarray, distorted: bool) -> np.ndarray:
+        """Raw-image pixels ``N×2`` of rays ``N×3`` (``z > 0``), with or without this camera's distortion."""
+        K, zero = self.raw.matrix(), np.zeros(3)
+        if self.distortion_model == "equidistant":
+            D = np.asarray(self.D[:4], dtype=np.float64) if distorted else np.zeros(4)
+            pts, _ = cv2.fisheye.projectPoints(rays.reshape(-1, 1, 3), zero, zero, K, D)
+        else:
+            D = np.asarray(self.D, dtype=np.float64) if distorted and any(self.D) else np.zeros(5)
+            pts, _ = cv2.projectPoints(rays, zero, zero, K, D)
+        return pts.reshape(-1, 2)
+
+    def check_rectification(self, samples: int = 97) -> None:
+        """Refuse a rectification that is not well behaved over the image.
+
+        The rectified image is sampled on a ``samples × samples`` grid; each sample's ray
+        (through ``P`` and ``R``) is projected into the raw image with the distortion, by OpenCV's
+        own model (what the remap maps do). The rays must lie in front of the camera and their
+        pixels be finite; at least half of the rectified image must show the camera image (not the
+        black outside it); and where the grid lands inside the raw image, every cell must keep its
+        orientation against the same camera without distortion: a radial mapping that stops being
+        monotonic folds the image, showing the same raw pixels twice, mirrored.
+
+        Raises
+        ------
+        PreprocessError : one line naming the distortion (or ``R``/``P``) and what goes wrong.
+        """
+        rect, raw = self.rectified, self.raw
+        R = np.asarray(self.R, dtype=np.float64).reshape(3, 3)
+        u, v = np.meshgrid(np.linspace(-0.5, rect.width - 0.5, samples), np.linspace(-0.5, rect.height - 0.5, samples))
+        pix = np.stack([u, v, np.ones_like(u)], axis=-1).reshape(-1, 3)
+        rays = pix @ np.linalg.inv(rect.matrix() @ R).T  # OpenCV's initUndistortRectifyMap: (P·R)⁻¹ [u v 1]
+        if np.any(rays[:, 2] <= 1e-6 * np.linalg.norm(rays, axis=1)):
+            raise PreprocessError(
+                "camera_info R and P turn part of the rectified image behind the camera; check the calibration"
+            )
+        rays = rays / rays[:, 2:3]
+        name = f"camera_info distortion D={list(self.D)} ({self.distortion_model})"
+        with np.errstate(all="ignore"):
+            pts = self._project(rays, distorted=True).reshape(samples, samples, 2)
+            ideal = self._project(rays, distorted=False).reshape(samples, samples, 2)
+            if not np.all(np.isfinite(pts)):
+                raise PreprocessError(f"{name} maps part of the image to non-finite pixels; check the calibration")
+
+            def cell_area(p: np.ndarray) -> np.ndarray:
+                du, dv = p[:-1, 1:] - p[:-1, :-1], p[1:, :-1] - p[:-1, :-1]
+                return du[..., 0] * dv[..., 1] - du[..., 1] * dv[..., 0]
+
+            inside = (
+                (pts[..., 0] >= -0.5)
+                & (pts[..., 0] <= raw.width - 0.5)
+                & (pts[..., 1] >= -0.5)
+                & (pts[..., 1] <= raw.height - 0.5)
+            )
+            cells = inside[:-1, :-1] & inside[:-1, 1:] & inside[1:, :-1] & inside[1:, 1:]
+            if cells.mean() < 0.5:
+                raise PreprocessError(
+                    f"{name} with this P shows the camera image in only {100 * cells.mean():.0f}% of the rectified "
+                    "image (the rest would be black); check the calibration"
+                )
+            ratio = (cell_area(pts) / cell_area(ideal))[cells]
+        if np.any(ratio <= 0):
+            raise PreprocessError(
+                f"{name} folds {100 * np.mean(ratio <= 0) * cells.mean():.1f}% of the rectified image over itself "
+                "(the undistortion is not monotonic there: raw pixels would show twice, mirrored); the calibration "
+                "does not cover the image's edges: recalibrate, or publish a P that keeps only valid pixels"
+            )
 
     def maps(self) -> tuple[np.ndarray, np.ndarray]:
         """The ``cv2.remap`` maps (fixed point, ``CV_16SC2``), computed on first use."""
@@ -494,7 +582,12 @@ class Preprocessor:
         """Rectifier (or None) and the intrinsics of the rectified full-size image."""
         if self.explicit_intrinsics is not None:
             fx, fy, cx, cy = self.explicit_intrinsics
-            return None, Intrinsics(fx, fy, cx, cy, width, height)
+            K = Intrinsics(fx, fy, cx, cy, width, height)
+            try:
+                K.check_plausible(f"intrinsics fx,fy,cx,cy for the {width}x{height} image")
+            except ValueError as err:
+                raise PreprocessError(str(err)) from None
+            return None, K
         if info is None:
             raise PreprocessError("no camera_info for this image; record one or give explicit intrinsics fx,fy,cx,cy")
         cam = self.camera(info)

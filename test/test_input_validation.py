@@ -34,7 +34,7 @@ from dualdepth_ros.images import (
     decode_image,
 )
 from dualdepth_ros.intrinsics import Intrinsics
-from dualdepth_ros.preprocess import MIN_IMAGE_SIDE, FrameDecodeError, PreprocessError, Preprocessor
+from dualdepth_ros.preprocess import MIN_IMAGE_SIDE, CameraModel, FrameDecodeError, PreprocessError, Preprocessor
 from dualdepth_ros.ros.params import OutputSettings
 from dualdepth_ros.ros.processing import FrameProcessor, InputError, check_image
 from dualdepth_ros.ros.scale import ScaleSettings
@@ -347,3 +347,143 @@ def test_training_data_refuses_a_bag_of_tiny_images(tmp_path) -> None:
     path = write_bag(tmp_path / "tiny", frames, K=np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1]]))
     with pytest.raises(DualDepthError, match=r"bag .*tiny, topic /cam/image_raw: image of 1x1 pixels is too small"):
         load_frames(path, Preprocessor(32, 24))
+
+
+# ---------------------------------------------------------------------------------------
+# Camera calibrations
+# ---------------------------------------------------------------------------------------
+def _K(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
+    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+
+def _calib(width, height, K, D=(), model="plumb_bob", P=None, R=None):
+    P = None if P is None else np.hstack([np.asarray(P, float)[:, :3], np.zeros((3, 1))])
+    return bagio.camera_info_msg(width, height, np.asarray(K, float), T0, "cam", D=D, distortion_model=model, P=P, R=R)
+
+
+#: KITTI 2011_09_26: the rectified colour camera (as the shared KITTI bags publish it) and the raw camera 02
+#: (1392×512, k1 = −0.37) with its rectifying rotation R_rect_02, from calib_cam_to_cam.txt.
+KITTI_RECT = _K(721.5377, 721.5377, 609.5593, 172.854)
+KITTI_K02 = _K(959.791, 956.9251, 696.0217, 224.1806)
+KITTI_D02 = np.array([-0.3691481, 0.1968681, 0.001353473, 0.0005677587, -0.06770705])
+KITTI_R02 = np.array(
+    [
+        [0.9998817, 0.01511453, -0.002841595],
+        [-0.01511724, 0.9998853, -0.000933851],
+        [0.002827154, 0.0009766976, 0.9999955],
+    ]
+)
+WIDE = _K(300.0, 300.0, 319.5, 239.5)  # 640×480, 94° horizontal: a wide, fisheye-ish lens
+WIDE_D = np.array([-0.3, 0.09, 0.0, 0.0, 0.0])
+FISHEYE = _K(350.0, 350.0, 639.5, 399.5)  # 1280×800 equidistant
+FISHEYE_D = np.array([0.05, -0.01, 0.002, -0.0005])
+
+
+def _real_calibrations():
+    from dualdepth_ros.synth.config import DEFAULT_DISTORTION
+
+    out = {
+        "KITTI rectified (the shared bags)": _calib(1242, 375, KITTI_RECT, D=np.zeros(5)),
+        "KITTI raw camera 02, P = K": _calib(1392, 512, KITTI_K02, D=KITTI_D02),
+        "KITTI raw camera 02 with R_rect_02": _calib(1392, 512, KITTI_K02, D=KITTI_D02, R=KITTI_R02),
+        "wide plumb_bob k1 = -0.3, P = K": _calib(640, 480, WIDE, D=WIDE_D),
+        "equidistant fisheye, P = K": _calib(1280, 800, FISHEYE, D=FISHEYE_D, model="equidistant"),
+        "the synthetic drives' --distortion lens": _calib(320, 96, _K(160, 160, 159.5, 47.5), D=DEFAULT_DISTORTION),
+        "the sample drive's own K": _calib(320, 96, _K(160.0, 160.0, 159.5, 47.5), D=np.zeros(5)),
+    }
+    for alpha in (0.0, 1.0):  # camera_calibration's P: valid pixels only (0) or every raw pixel (1)
+        P, _ = cv2.getOptimalNewCameraMatrix(KITTI_K02, KITTI_D02, (1392, 512), alpha)
+        out[f"KITTI raw camera 02, P with alpha {alpha:g}"] = _calib(1392, 512, KITTI_K02, D=KITTI_D02, P=P)
+        P, _ = cv2.getOptimalNewCameraMatrix(WIDE, WIDE_D, (640, 480), alpha)
+        out[f"wide plumb_bob k1 = -0.3, P with alpha {alpha:g}"] = _calib(640, 480, WIDE, D=WIDE_D, P=P)
+        P = cv2.fisheye.estimateNewCameraMatrixForUndistortRectify(
+            FISHEYE, FISHEYE_D, (1280, 800), np.eye(3), balance=alpha
+        )
+        out[f"equidistant fisheye, P with balance {alpha:g}"] = _calib(
+            1280, 800, FISHEYE, D=FISHEYE_D, model="equidistant", P=P
+        )
+    return out
+
+
+REAL = _real_calibrations()
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_real_calibrations_are_accepted(name: str) -> None:
+    info = REAL[name]
+    cam = CameraModel.from_camera_info(info)
+    p = _processor()
+    rgb = _texture(int(info.height), int(info.width))
+    out = p.process(bagio.image_msg(rgb, "rgb8", T0, "cam"), info)
+    assert out.depth.shape == (48, 160) and out.intrinsics == p.output_intrinsics(info)
+    assert cam.rectified.fov_deg()[0] > 1.0
+
+
+def test_the_sample_drive_calibration_is_accepted(sample_bag) -> None:
+    from dualdepth_ros.data import Bag
+
+    with Bag(sample_bag) as bag:
+        topic = next(t for t, (kind, _) in bag.topics().items() if kind.endswith("CameraInfo"))
+        info = bag.first_message(topic)
+    assert CameraModel.from_camera_info(info).rectified.width == int(info.width)
+
+
+BAD_CALIBRATIONS = {
+    "the issue's fx = 1e-30": (
+        _calib(1242, 375, _K(1e-30, 721.5, 609.6, 172.9)),
+        r"camera_info K gives a horizontal field of view of 180 degrees \(fx=1e-30 for 1242 pixels\)",
+    ),
+    "the issue's D = [1e6, -1e6, 0, 0, 1e6]": (
+        _calib(1242, 375, KITTI_RECT, D=[1e6, -1e6, 0.0, 0.0, 1e6]),
+        r"distortion D=\[1000000.0, -1000000.0, 0.0, 0.0, 1000000.0\] \(plumb_bob\) with this P shows the camera "
+        r"image in only 0% of the rectified image",
+    ),
+    "a telephoto beyond any lens (fy = 1e9)": (
+        _calib(640, 480, _K(300.0, 1e9, 319.5, 239.5)),
+        r"camera_info K gives a vertical field of view of 2.75e-05 degrees \(fy=1e\+09 for 480 pixels\)",
+    ),
+    "P's focal length off by 1e6": (
+        _calib(640, 480, WIDE, P=_K(3e-4, 3e-4, 319.5, 239.5)),
+        r"camera_info P gives a horizontal field of view of 180 degrees",
+    ),
+    "principal point far outside": (
+        _calib(640, 480, _K(300.0, 300.0, 2000.0, 239.5)),
+        r"camera_info K puts the principal point at cx=2000, far outside the 640x480 image",
+    ),
+    "K scaled by 2 (last row 0 0 2)": (_calib(640, 480, 2 * WIDE), r"camera_info K has the last row \[0.0, 0.0, 2.0\]"),
+    "R not a rotation": (
+        _calib(640, 480, WIDE, R=np.diag([2.0, 1.0, 1.0])),
+        r"camera_info R is not a rotation matrix: \[2.0, 0.0",
+    ),
+    "R turning the view by 120 degrees": (
+        _calib(640, 480, WIDE, R=cv2.Rodrigues(np.array([0.0, 2.1, 0.0]))[0]),
+        "R and P turn part of the rectified image behind the camera",
+    ),
+    "a radial fold inside the image (k1 = -0.3 alone on a 94 degree lens)": (
+        _calib(640, 480, WIDE, D=[-0.3, 0.0, 0.0, 0.0, 0.0]),
+        r"D=\[-0.3, 0.0, 0.0, 0.0, 0.0\] \(plumb_bob\) folds 11.8% of the rectified image over itself",
+    ),
+    "huge tangential distortion": (
+        _calib(640, 480, WIDE, D=[0.0, 0.0, 1e3, 0.0, 0.0]),
+        r"D=\[0.0, 0.0, 1000.0, 0.0, 0.0\] \(plumb_bob\) with this P shows the camera image in only 0%",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CALIBRATIONS))
+def test_absurd_calibrations_are_refused_with_one_line(name: str) -> None:
+    info, match = BAD_CALIBRATIONS[name]
+    with pytest.raises(PreprocessError, match=match) as err:
+        CameraModel.from_camera_info(info)
+    assert "\n" not in str(err.value)
+    rgb = _texture(int(info.height), int(info.width))
+    with pytest.raises(PreprocessError, match=match):  # the node refuses the frame: nothing is published
+        _processor().process(bagio.image_msg(rgb, "rgb8", T0, "cam"), info)
+
+
+def test_explicit_intrinsics_are_checked_against_the_image() -> None:
+    rgb = _texture(96, 320)
+    with pytest.raises(PreprocessError, match=r"intrinsics fx,fy,cx,cy for the 320x96 image gives a horizontal field"):
+        Preprocessor(160, 48, intrinsics="1e-30,160,159.5,47.5").prepare(rgb)
+    out, K = Preprocessor(160, 48, intrinsics="160,160,159.5,47.5").prepare(rgb)
+    assert out.shape == (48, 160, 3) and K.fx == pytest.approx(80.0)
