@@ -36,7 +36,7 @@ LAUNCH_STAMP := $(VENV)/.ros2-launch-stamp
 # The ros-jazzy wheels register their packages under the venv prefix but set no AMENT_PREFIX_PATH.
 VENV_AMENT := AMENT_PREFIX_PATH="$(abspath $(VENV))$${AMENT_PREFIX_PATH:+:$$AMENT_PREFIX_PATH}"
 
-.PHONY: help setup build lint test test-tools test-fast demo sample bench data train export-default ablation ladder clean
+.PHONY: help setup build lint test test-tools test-fast demo sample bench data train export-default ablation ladder real-eval clean
 
 help:
 	@echo "make setup   create .venv with pinned deps (ROS 2 Jazzy wheels, torch CPU, rosbags, colcon) and install the package"
@@ -45,6 +45,7 @@ help:
 	@echo "make sample  re-record the bundled sample drive (test/data/sample_drive)"
 	@echo "make bench   print the benchmark figures (rendering, training step)"
 	@echo "make export-default  re-export the default model (models/dualdepth_default/) from $(MODEL)"
+	@echo "make real-eval  the shipped model and a constant depth on every real drive with ground truth (../shared/data)"
 
 setup: $(STAMP)
 
@@ -132,6 +133,12 @@ ABLATION_ARGS ?=
 ablation: setup data
 	$(VENV)/bin/dualdepth ablate $(foreach b,$(TRAIN_BAGS),--bag $(b)) --heldout $(HELDOUT_BAG) --out runs/ablation \
 	  --seeds 0 1 2 $(ABLATION_ARGS) --table docs/ablation.md --json docs/ablation.json
+
+# The shipped model and a constant depth on every real drive with ground truth in REAL_DATA (one table;
+# without that folder it says how to convert a KITTI raw drive with `dualdepth kitti-to-bag`).
+REAL_DATA ?= $(abspath ../shared/data)
+real-eval: setup
+	$(VENV)/bin/dualdepth real-eval --model $(MODEL) --data $(REAL_DATA) --json runs/real_eval.json
 
 # The learning ladder (docs/ladder.md): each network replaced by ground truth in turn, held-out curves by step.
 ladder: setup data

@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pack": ("dualdepth_ros.training.pack", "strip a training checkpoint into a small model file to ship"),
     "ablate": ("dualdepth_ros.ablation", "run the ablation study (equal budget) and write its table"),
     "eval": ("dualdepth_ros.evaluation.cli", "evaluate a checkpoint on bags with ground-truth depth and/or poses"),
+    "real-eval": (
+        "dualdepth_ros.evaluation.drives",
+        "score a model and a constant depth on every real drive with ground truth (one table)",
+    ),
     "infer": ("dualdepth_ros.ros.infer", "run the depth node's processing over a bag and write a bag with its outputs"),
     "demo": (
         "dualdepth_ros.ros.demo",
