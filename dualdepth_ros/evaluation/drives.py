@@ -152,7 +152,8 @@ def format_table(rows: list[tuple[str, dict[str, Any]]], model: str) -> str:
     lines = [
         f"model: {model} (median-scaled, protocol chosen by `dualdepth eval`; ATE on 5-frame snippets)",
         "",
-        "| drive | frames scored | model AbsRel ↓ | model δ<1.25 ↑ | model ATE m ↓ | constant AbsRel | constant δ<1.25 |",
+        "| drive | frames scored | model AbsRel ↓ | model δ<1.25 ↑ | model ATE m ↓ "
+        "| constant AbsRel | constant δ<1.25 |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in rows:
