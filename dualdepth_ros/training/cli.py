@@ -56,17 +56,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="train.device (default auto)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR exactly where it stopped")
     p.add_argument(
+        "--init",
+        metavar="CHECKPOINT",
+        help="start from this checkpoint's (or packed model's) weights with a fresh optimiser, schedule and step 0 "
+        "(fine-tuning, e.g. models/dualdepth_default.pt); the config must build the same network",
+    )
+    p.add_argument(
         "--resume-if-exists",
         action="store_true",
-        help="resume when RUN_DIR holds a checkpoint, else start a new run (idempotent `make train`)",
+        help="resume when RUN_DIR holds a checkpoint, else start a new run (with --init: from its weights); "
+        "idempotent `make train`",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout")
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import DualDepthError
     from .trainer import train
 
+    if args.init and args.resume:
+        raise DualDepthError(
+            "--init starts a new run from a checkpoint's weights and --resume continues a run: give one"
+        )
     overrides = list(args.set)
     if args.max_steps is not None:
         overrides.append(f"train.max_steps={args.max_steps}")
@@ -76,8 +88,6 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"train.device={args.device}")
     if args.pose_topic:
         if args.gt_pose_topic and args.gt_pose_topic != args.pose_topic:
-            from ..errors import DualDepthError
-
             raise DualDepthError("--pose-topic and --gt-pose-topic name different topics; give one")
         overrides.append("pose.source=topic")
         args.gt_pose_topic = args.pose_topic
@@ -89,14 +99,16 @@ def run(args: argparse.Namespace) -> int:
         "gt_pose_topic": args.gt_pose_topic,
         "gt_moving_mask_topic": args.moving_mask_topic,
     }
+    resume = args.resume or (args.resume_if_exists and (Path(args.out) / "last.pt").exists())
     summary = train(
         args.bag,
         args.out,
         args.config or [str(DEFAULT_CONFIG)],
         overrides,
         data_overrides=data,
-        resume=args.resume or (args.resume_if_exists and (Path(args.out) / "last.pt").exists()),
+        resume=resume,
         progress=not args.no_progress,
+        init=None if resume else args.init,  # --resume-if-exists --init: a started fine-tuning run continues
     )
     if args.json:
         json.dump(summary, sys.stdout, indent=2, default=float)

@@ -45,7 +45,15 @@ from ..errors import DualDepthError
 from ..losses import SelfSupervisedLoss, clip_layout, enabled_terms
 from ..networks import DepthModel, count_parameters
 from . import distributed
-from .checkpoint import atomic_save, check_writable, load_checkpoint, make_checkpoint, rng_state, set_rng_state
+from .checkpoint import (
+    atomic_save,
+    check_writable,
+    load_checkpoint,
+    make_checkpoint,
+    rng_state,
+    set_rng_state,
+    weights_mismatch,
+)
 from .memory import MemoryPlan, plan_micro_batch
 from .runlog import RunLogger
 
@@ -175,7 +183,12 @@ class Trainer:
         data_cfg: DataConfig | None = None,
         resume: bool = False,
         progress: bool = True,
+        init: str | Path | None = None,
     ) -> None:
+        if init is not None and resume:
+            raise DualDepthError(
+                "--init starts a new run from a checkpoint's weights; --resume continues one: give one"
+            )
         self.cfg = cfg
         self.tc = TrainSection.coerce(cfg.extra.get("train"))
         self.data_cfg = data_cfg or DataConfig.coerce(cfg.extra.get("data"))
@@ -201,6 +214,16 @@ class Trainer:
         self._check_run_dir(resume)
         # Read (and check) the checkpoint to resume before any data is decoded: a bad file fails at once.
         resume_ckpt = self._read_resume(self.out / "last.pt") if resume else None
+        init_ckpt = self._read_init(Path(init)) if init is not None else None
+        #: Where this run's weights started (``--init``): path, step, input size, config hash; None from scratch.
+        self.init_info: dict[str, Any] | None = None
+        if init_ckpt is not None:
+            self.init_info = {
+                "path": str(Path(init).absolute()),
+                "step": init_ckpt.get("step"),
+                "input": init_ckpt.get("input"),
+                "config_hash": init_ckpt.get("config_hash"),
+            }
 
         # Decode once on rank 0 (it fills the cache); the others then read the cache.
         if self.dist.enabled and not self.dist.is_main:
@@ -234,6 +257,8 @@ class Trainer:
         self.total_steps = self.tc.max_steps or cfg.optim.epochs * self.steps_per_epoch
 
         self.model = DepthModel(cfg).to(self.device)
+        if init_ckpt is not None:  # its weights; the optimiser, schedule and step start fresh below
+            self.model.load_state_dict(init_ckpt["model"])
         if self.cuda and self.tc.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = SelfSupervisedLoss(cfg)
@@ -376,6 +401,7 @@ class Trainer:
             world_size=self.dist.world_size,
             micro_batch=self.micro_batch,
             camera_topics=self.camera_topics(),
+            init=self.init_info,
         )
 
     def save(self, name: str = "last.pt") -> Path | None:
@@ -396,6 +422,7 @@ class Trainer:
             total_steps=self.total_steps,
             train_seconds=self.train_seconds,
             camera_topics=self.camera_topics(),
+            init=self.init_info,
         )
         return atomic_save(ckpt, self.out / "snapshots" / f"step_{self.step:06d}.pt")
 
@@ -420,8 +447,33 @@ class Trainer:
             )
         return ckpt
 
+    def _read_init(self, path: Path) -> dict[str, Any]:
+        """The checkpoint (or packed model) ``--init`` names, read without running code; its network must fit.
+
+        Compared with this config's network by key and shape (built on the meta device: no memory, no
+        RNG draw); the first difference is the error. The input size may differ (the networks are
+        fully convolutional).
+        """
+        ckpt = load_checkpoint(path, map_location="cpu")
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            expected = DepthModel(self.cfg).state_dict()
+        mismatch = weights_mismatch(expected, ckpt["model"])
+        if mismatch:
+            theirs = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+            arch = ", ".join(
+                f"{sec}.{key} {theirs.get(sec, {}).get(key)}"
+                for sec, key in (("model", "encoder"), ("model", "encoder_width"), ("model", "num_branches"))
+                if isinstance(theirs.get(sec), dict) and key in theirs[sec]
+            )
+            raise DualDepthError(
+                f"--init {path}: its network does not fit this config's: {mismatch}; train with the config it "
+                f"was trained with" + (f" ({arch})" if arch else "")
+            )
+        return ckpt
+
     def _restore(self, ckpt: dict[str, Any]) -> None:
         """Continue the run saved in ``ckpt`` (model, optimiser, schedule, step, RNG states)."""
+        self.init_info = ckpt.get("init")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -660,6 +712,7 @@ class Trainer:
             if len(values) == 1:
                 cfg["data"][key] = values.pop()
         cfg["bags"] = used
+        cfg["init"] = self.init_info
         return cfg
 
     def _write_banner(self, log: RunLogger) -> None:
@@ -673,6 +726,13 @@ class Trainer:
             + (f" × {self.dist.world_size} processes" if self.dist.enabled else "")
             + (f", resuming at step {self.step}" if self.step else "")
         )
+        if self.init_info is not None:
+            i = self.init_info
+            size = f"{i['input']['width']}x{i['input']['height']}" if isinstance(i.get("input"), dict) else "unknown"
+            log.write(
+                f"initialised from {i['path']} (its step {i.get('step')}, input {size}): its weights, "
+                "a fresh optimiser and schedule"
+            )
         if self.memory_plan is not None:
             log.write(self.memory_plan.describe())
         elif self.micro_batch < self.cfg.optim.batch_size:
@@ -810,14 +870,18 @@ def train(
     data_overrides: Mapping[str, Any] | None = None,
     resume: bool = False,
     progress: bool = True,
+    init: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Load the config, build a :class:`Trainer` and run it; returns the final summary."""
+    """Load the config, build a :class:`Trainer` and run it; returns the final summary.
+
+    ``init``: a checkpoint or packed model whose weights start the run (:class:`Trainer`).
+    """
     cfg = load_config(*config_paths, overrides=overrides).validate()
     data_cfg = DataConfig.coerce(cfg.extra.get("data"))
     if data_overrides:
         data_cfg = dataclasses.replace(data_cfg, **{k: v for k, v in data_overrides.items() if v is not None})
         data_cfg.validate()
-    trainer = Trainer(cfg, bags, out_dir, data_cfg=data_cfg, resume=resume, progress=progress)
+    trainer = Trainer(cfg, bags, out_dir, data_cfg=data_cfg, resume=resume, progress=progress, init=init)
     try:
         return trainer.fit()
     finally:
