@@ -107,7 +107,9 @@ def _numpy_data_globals() -> list[Any]:
 def _unpickling_reason(err: BaseException) -> str:
     """The line of a ``weights_only`` refusal that names what was refused (torch's message is a paragraph)."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    skip = ("Weights only load failed", "Please file an issue", "Check the documentation")
     named = [ln for ln in lines if any(w in ln for w in ("GLOBAL", "Unsupported", "Can only build"))]
+    named = named or [ln for ln in lines if not ln.startswith(skip)]
     line = (named or lines or [type(err).__name__])[0]
     return line.split(". ")[0].rstrip(".")[:200]
 
@@ -151,8 +153,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         with torch.serialization.safe_globals(_numpy_data_globals()):
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights only" not in str(err).lower():
-            reason = (str(err).strip().splitlines() or [""])[0][:200]
+        text = str(err)
+        if not any(w in text for w in ("GLOBAL", "Can only build", "Unsupported global")):  # not an object refused
+            reason = _unpickling_reason(err) if "weights only" in text.lower() else text.strip()[:200]
             raise DualDepthError(f"cannot read checkpoint {path} (corrupt or not a .pt file: {reason})") from None
         raise DualDepthError(
             f"refusing checkpoint {path}: it holds Python objects other than tensors and plain data "
