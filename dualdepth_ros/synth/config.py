@@ -10,13 +10,39 @@ import numpy as np
 from ..errors import DualDepthError
 from ..geometry import Intrinsics
 
-__all__ = ["SynthConfig", "DEFAULT_DISTORTION", "MAX_PIXELS"]
+__all__ = ["SynthConfig", "DEFAULT_DISTORTION", "MAX_PIXELS", "MAX_TRAFFIC_VEHICLES", "stop_and_go_stops"]
 
 #: A moderate barrel lens (``plumb_bob`` ``k1, k2, p1, p2, k3``) used by ``--distortion``.
 DEFAULT_DISTORTION: tuple[float, float, float, float, float] = (-0.18, 0.035, 0.0008, -0.0005, 0.0)
 
 #: Largest image (pixels) the renderer accepts; beyond it memory use becomes unreasonable.
 MAX_PIXELS = 1920 * 1200
+
+#: Most lead (or side) vehicles a drive may have.
+MAX_TRAFFIC_VEHICLES = 20
+
+
+def stop_and_go_stops(
+    duration: float, ramp: float = 2.0, stand: float = 2.0, cruise: float = 2.0
+) -> tuple[tuple[float, float], ...]:
+    """The stops of a stop-and-go drive: cruise, brake, stand, accelerate, again and again.
+
+    The cycle is ``cruise`` seconds at speed, ``ramp`` seconds braking, ``stand`` seconds stopped
+    and ``ramp`` seconds accelerating (``cruise + 2·ramp + stand`` seconds; 8 s by default). The drive
+    starts cruising; every stop whose braking begins before ``duration`` is included.
+
+    Returns
+    -------
+    ``(t_stop, stand)`` pairs in seconds (:attr:`SynthConfig.stops`).
+    """
+    if duration <= 0 or ramp <= 0 or stand <= 0 or cruise < 0:
+        raise DualDepthError("stop-and-go needs a positive duration, ramp and stand time")
+    stops = []
+    t0 = cruise + ramp
+    while t0 - ramp < duration:
+        stops.append((round(t0, 6), float(stand)))
+        t0 += stand + ramp + cruise + ramp
+    return tuple(stops)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +75,16 @@ class SynthConfig:
     route_length : metres of road populated with buildings, cars, trees and poles (the road
         itself goes on; frames past it see an empty road).
     curviness : scale of the road's curvature (0 = straight).
-    lead_car : a car in the ego lane ``lead_gap`` metres ahead, driving exactly at the ego speed
-        (it keeps its image position, the classic failure case of self-supervised depth).
+    lead_vehicles : vehicles in the ego lane ahead of the camera: the first ``lead_gap`` metres
+        ahead, each next one a car length plus 3–10 m further. At ``traffic_speed_ratio`` 1 they
+        keep their image position, the classic failure case of self-supervised depth.
+    side_vehicles : vehicles in the neighbouring lane, driving in the ego's direction: the first
+        (a truck, like every third one) beside the camera, the next ones staggered ahead. With
+        side vehicles the neighbouring lane carries them instead of oncoming traffic.
+    traffic_speed_ratio : speed of the lead and side vehicles / the ego speed, at every instant
+        (1 = keep pace; they slow down and stop with the ego). A lead vehicle keeps its rear at
+        least 4 m ahead of the camera and 2 m ahead of the lead vehicle behind it (when the ego
+        catches up with slower traffic, the queue is pushed ahead at the ego's pace).
     oncoming_per_km, parked_per_km : traffic density.
     max_distance : objects farther than this (metres) are not drawn (the road and sky are).
 
@@ -80,7 +114,9 @@ class SynthConfig:
     start_time_ns: int = 1_700_000_000_000_000_000
     route_length: float = 1500.0
     curviness: float = 1.0
-    lead_car: bool = True
+    lead_vehicles: int = 1
+    side_vehicles: int = 0
+    traffic_speed_ratio: float = 1.0
     lead_gap: float = 14.0
     oncoming_per_km: float = 14.0
     parked_per_km: float = 60.0
@@ -100,7 +136,7 @@ class SynthConfig:
         def bad(msg: str) -> None:
             raise DualDepthError(msg)
 
-        for name in ("width", "height", "supersample"):
+        for name in ("width", "height", "supersample", "lead_vehicles", "side_vehicles"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 bad(f"{name} must be an integer, got {v!r}")
@@ -144,6 +180,11 @@ class SynthConfig:
             bad(f"curviness must be in [0, 3], got {self.curviness}")
         if self.lead_gap < 6:
             bad(f"lead_gap must be at least 6 m, got {self.lead_gap}")
+        for name in ("lead_vehicles", "side_vehicles"):
+            if not 0 <= getattr(self, name) <= MAX_TRAFFIC_VEHICLES:
+                bad(f"{name} must be 0..{MAX_TRAFFIC_VEHICLES}, got {getattr(self, name)}")
+        if not (math.isfinite(self.traffic_speed_ratio) and 0.0 <= self.traffic_speed_ratio <= 3.0):
+            bad(f"traffic_speed_ratio must be in [0, 3] (vehicle speed / ego speed), got {self.traffic_speed_ratio}")
         if self.exposure_jitter < 0 or self.exposure_jitter > 0.5 or self.noise_std < 0:
             bad("exposure_jitter must be in [0, 0.5] and noise_std non-negative")
 

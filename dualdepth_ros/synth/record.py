@@ -10,7 +10,7 @@ topic                           type                            content
 ``/camera/camera_info``         ``sensor_msgs/CameraInfo``      ``K``/``D`` of the raw camera, ``P = [K|0]``, ``R = I``
 ``/gt/depth``                   ``sensor_msgs/Image``           ``32FC1`` z-depth in metres, NaN for sky
 ``/gt/camera_info``             ``sensor_msgs/CameraInfo``      the camera of ``/gt/*`` images: ``K``, no distortion
-``/gt/moving_mask``             ``sensor_msgs/Image``           ``mono8``, 255 on moving cars, else 0
+``/gt/moving_mask``             ``sensor_msgs/Image``           ``mono8``, 255 on vehicles in traffic, else 0
 ``/gt/pose``                    ``geometry_msgs/PoseStamped``   pose of the camera optical frame in ``world``
 =============================== =============================== ==============================================
 
@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from .. import bagio
 from ..errors import DualDepthError
-from .config import DEFAULT_DISTORTION, SynthConfig
+from .config import DEFAULT_DISTORTION, MAX_TRAFFIC_VEHICLES, SynthConfig, stop_and_go_stops
 from .render import render_frame
 from .world import World
 
@@ -102,6 +102,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stand still from AT seconds for FOR seconds (repeatable); default: one stop in drives of 7 s or more",
     )
     parser.add_argument("--no-stop", action="store_true", help="never stop")
+    parser.add_argument(
+        "--stop-and-go",
+        action="store_true",
+        help="traffic jam speed profile: cruise 2 s, brake 2 s, stand 2 s, accelerate 2 s, repeated "
+        "(the lead and side vehicles do the same)",
+    )
+    parser.add_argument(
+        "--lead-vehicles",
+        type=int,
+        default=1,
+        metavar="N",
+        help=f"vehicles ahead in the ego lane, 0..{MAX_TRAFFIC_VEHICLES} (default 1: a car 14 m ahead)",
+    )
+    parser.add_argument(
+        "--side-vehicles",
+        type=int,
+        default=0,
+        metavar="N",
+        help=f"vehicles in the neighbouring lane in the ego's direction, the first a truck beside the car, "
+        f"0..{MAX_TRAFFIC_VEHICLES} (default 0; with N > 0 that lane has no oncoming traffic)",
+    )
+    parser.add_argument(
+        "--traffic-speed-ratio",
+        type=float,
+        default=1.0,
+        metavar="R",
+        help="speed of the lead and side vehicles / ego speed, 0..3 (default 1: they keep pace with the camera)",
+    )
     parser.add_argument("--noise", type=float, default=0.0, help="sensor noise std in 8-bit levels (default 0)")
     parser.add_argument("--exposure-jitter", type=float, default=0.0, help="relative exposure variation (default 0)")
     parser.add_argument("--supersample", type=int, default=2, help="rays per pixel side for anti-aliasing (default 2)")
@@ -113,10 +141,20 @@ def _command_line(args: argparse.Namespace) -> str:
     parts = ["dualdepth", "make-sample", "--out", str(args.out), "--frames", str(args.frames)]
     parts += ["--width", str(args.width), "--height", str(args.height), "--seed", str(args.seed)]
     parts += ["--format", args.format]
-    for flag in ("compressed", "distortion", "no_stop"):
+    for flag in ("compressed", "distortion", "no_stop", "stop_and_go"):
         if getattr(args, flag, False):
             parts.append("--" + flag.replace("_", "-"))
-    defaults = {"speed": 10.0, "fps": 10.0, "hfov": 90.0, "noise": 0.0, "exposure_jitter": 0.0, "supersample": 2}
+    defaults = {
+        "speed": 10.0,
+        "fps": 10.0,
+        "hfov": 90.0,
+        "noise": 0.0,
+        "exposure_jitter": 0.0,
+        "supersample": 2,
+        "lead_vehicles": 1,
+        "side_vehicles": 0,
+        "traffic_speed_ratio": 1.0,
+    }
     for key, default in defaults.items():
         value = getattr(args, key, default)
         if value != default:
@@ -136,10 +174,15 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
         raise DualDepthError(f"--width and --height must be positive, got {args.width}x{args.height}")
     if args.fps <= 0:
         raise DualDepthError(f"--fps must be positive, got {args.fps}")
+    stop_and_go = getattr(args, "stop_and_go", False)
     if args.no_stop and args.stop:
         raise DualDepthError("--stop and --no-stop contradict each other")
+    if stop_and_go and (args.no_stop or args.stop):
+        raise DualDepthError("--stop-and-go sets the stops itself: drop --stop / --no-stop")
     if args.no_stop:
         stops: tuple[tuple[float, float], ...] = ()
+    elif stop_and_go:
+        stops = stop_and_go_stops(args.frames / args.fps)
     elif args.stop:
         stops = tuple(_parse_stop(s) for s in args.stop)
     else:
@@ -157,7 +200,29 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
         route_length=max(200.0, args.speed * duration + 100.0),
         noise_std=args.noise,
         exposure_jitter=args.exposure_jitter,
+        lead_vehicles=getattr(args, "lead_vehicles", 1),
+        side_vehicles=getattr(args, "side_vehicles", 0),
+        traffic_speed_ratio=getattr(args, "traffic_speed_ratio", 1.0),
     )
+
+
+def _traffic_line(cfg: SynthConfig) -> str:
+    """The README's description of the moving vehicles."""
+    ratio = cfg.traffic_speed_ratio
+    pace = "exactly the ego speed (static in the image)" if ratio == 1 else f"{ratio:g} × the ego speed"
+    parts = []
+    if cfg.lead_vehicles:
+        first = f"the first {cfg.lead_gap:g} m ahead" if cfg.lead_vehicles > 1 else f"{cfg.lead_gap:g} m ahead"
+        parts.append(f"{cfg.lead_vehicles} lead vehicle(s) in the ego lane, {first}")
+    if cfg.side_vehicles:
+        parts.append(
+            f"{cfg.side_vehicles} side vehicle(s) in the neighbouring lane in the ego's direction "
+            "(every third a truck, the first beside the car)"
+        )
+    text = "; ".join(parts) + (f", at {pace}" if parts else "no lead or side vehicles")
+    if cfg.side_vehicles == 0 and cfg.oncoming_per_km > 0:
+        text += "; oncoming cars"
+    return text + "; every vehicle in traffic is marked in `/gt/moving_mask`, also while it stands"
 
 
 def _readme(cfg: SynthConfig, seed: int, frames: int, command: str, topics: list[str], storage: str) -> str:
@@ -176,8 +241,7 @@ Recorded with:
 - Camera: fx = {K.fx:g}, fy = {K.fy:g}, cx = {K.cx:g}, cy = {K.cy:g} px (hFOV {cfg.hfov_deg:g}°), \
 {cfg.camera_height:g} m above the road, pitch {cfg.pitch_deg:g}°; distortion (plumb_bob) D = {list(map(float, D))}.
 - Ego speed {cfg.speed:g} m/s; stops: {stops} (braking/accelerating over {cfg.stop_ramp:g} s).
-- Traffic: a lead car {cfg.lead_gap:g} m ahead in the ego lane at exactly the ego speed (static in the image),
-  oncoming cars, parked cars; buildings with gaps, poles and trees as occluders; sky at infinity.
+- Traffic: {_traffic_line(cfg)}; parked cars; buildings with gaps, poles and trees as occluders; sky at infinity.
 
 ## Topics
 
@@ -190,7 +254,7 @@ Recorded with:
   camera points into the world. Frame a → frame b motion: `T_a_to_b = inv(T_b) · T_a`
   (`dualdepth_ros.geometry.relative_pose`).
 - `/gt/depth` is z-depth (along the optical axis) in metres, `32FC1`, NaN for sky.
-- `/gt/moving_mask` is `mono8`, 255 on moving cars.
+- `/gt/moving_mask` is `mono8`, 255 on the vehicles in traffic (also while they stand).
 - Ground truth is on the undistorted pinhole grid described by `/gt/camera_info` (K, no distortion),
   i.e. aligned with the raw image rectified with `/camera/camera_info` (K, D → P = [K|0], R = I).
 - Message timestamps equal header stamps; every topic has one message per frame.
@@ -277,6 +341,8 @@ def record(
         "stops": [list(s) for s in config.stops],
         "topics": list(topics),
         "frames_with_moving_objects": n_moving,
+        "traffic": world.traffic,
+        "traffic_speed_ratio": config.traffic_speed_ratio,
         "bytes": bagio.bag_size(out),
         "seconds": round(seconds, 3),
         "frames_per_second": round(frames / seconds, 3) if seconds > 0 else None,

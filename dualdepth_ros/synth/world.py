@@ -6,7 +6,8 @@ Layout across the road (``d`` = lateral road coordinate, metres, left positive):
             -8.7      -5.7  -3.5       0 centre line               3.5       5.7        8.7
 
 Buildings stand on the lots at random setbacks (with gaps between them), poles and trees on
-the sidewalks, parked cars in the parking strips; moving cars drive in the lanes. Every
+the sidewalks, parked cars in the parking strips; moving cars drive in the lanes (oncoming traffic,
+or, with ``side_vehicles``, cars and trucks in the ego's direction beside it). Every
 object is a box (with a yaw about the vertical), a vertical cylinder or a sphere, so a ray
 hits it analytically. All randomness comes from ``numpy.random.default_rng(seed)``.
 """
@@ -167,6 +168,48 @@ def _car_rows(x, y, yaw, length, width, colour, rng_vals, moving: bool, s: float
     ]  # fmt: skip
 
 
+def _truck_rows(x, y, yaw, length, width, colour, rng_vals, moving: bool, s: float) -> list[dict]:
+    """The six boxes of a truck of ``length`` metres (cab in front of a tall cargo box, three axles) at ``(x, y)``."""
+    c, sn = math.cos(yaw), math.sin(yaw)
+    cab_len = 2.2
+    box_len = length - cab_len - 0.2
+    box_top = 3.4 + 0.4 * rng_vals[0]
+    cab_top = 2.8 + 0.2 * rng_vals[1]
+    tex = TEXTURES["paint"][0]
+    toff = [float(rng_vals[3] * 10), float(rng_vals[4] * 10)]
+    glass = float(0.05 + 0.05 * rng_vals[5])
+    cargo = np.clip(colour * 0.4 + 0.55, 0.0, 1.0)  # light cargo box, cab in the paint colour
+
+    def at(forward: float, z: float, half, kind, albedo, params=(0, 0, 0, 0, 0, 0)):
+        return {
+            "shape": BOX,
+            "kind": kind,
+            "centre": [x + c * forward, y + sn * forward, z],
+            "half": half,
+            "yaw": yaw,
+            "albedo": albedo,
+            "tex": tex,
+            "texoff": toff,
+            "params": params,
+            "moving": moving,
+            "s": s,
+        }
+
+    wheel_r = 0.5
+    front = length / 2
+    return [
+        at(front - 0.2 - cab_len - box_len / 2, (0.9 + box_top) / 2, [box_len / 2, width / 2, (box_top - 0.9) / 2],
+           CAR_BODY, cargo, (box_len, width, box_top, 0, 0, glass)),
+        at(front - cab_len / 2, 1.15, [cab_len / 2, width / 2, 0.55], CAR_BODY, colour,
+           (cab_len, width, 1.7, 0, 0, glass)),
+        at(front - cab_len / 2 - 0.1, (1.7 + cab_top) / 2, [cab_len / 2 - 0.1, width / 2 - 0.05, (cab_top - 1.7) / 2],
+           CAR_CABIN, colour, (cab_len - 0.2, width - 0.1, cab_top - 1.7, 0, 0, glass)),
+        at(front - 1.1, wheel_r, [wheel_r, width / 2 + 0.01, wheel_r], WHEEL, [0.03, 0.03, 0.03]),
+        at(-front + 2.4, wheel_r, [wheel_r, width / 2 + 0.01, wheel_r], WHEEL, [0.03, 0.03, 0.03]),
+        at(-front + 1.2, wheel_r, [wheel_r, width / 2 + 0.01, wheel_r], WHEEL, [0.03, 0.03, 0.03]),
+    ]  # fmt: skip
+
+
 @functools.lru_cache(maxsize=4)
 def _texture_bank(seed: int) -> TextureBank:
     return TextureBank(seed)
@@ -174,7 +217,9 @@ def _texture_bank(seed: int) -> TextureBank:
 
 @dataclasses.dataclass
 class _Movers:
-    """Moving cars: road position ``s(t) = s0 + v·t`` (or the ego's plus a gap for the lead car)."""
+    """Moving vehicles: road position ``s(t) = s0 + v·t``, or for traffic that follows the ego
+    (``pace``) ``s0 + traffic_speed_ratio · ego_s(t)``; ``lead`` ones queue in the ego lane.
+    """
 
     s0: np.ndarray
     v: np.ndarray
@@ -185,6 +230,14 @@ class _Movers:
     colour: np.ndarray
     rng_vals: np.ndarray
     lead: np.ndarray
+    pace: np.ndarray
+    truck: np.ndarray
+
+    @staticmethod
+    def concat(parts: list[_Movers]) -> _Movers:
+        return _Movers(
+            **{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(_Movers)}
+        )
 
 
 class World:
@@ -333,14 +386,14 @@ class World:
     def _generate_movers(self, rng: np.random.Generator) -> _Movers:
         cfg = self.config
         s0, v, d, back, lead = [], [], [], [], []
-        if cfg.lead_car:
+        if cfg.lead_vehicles > 0:
             s0.append(cfg.lead_gap)
             v.append(0.0)
             d.append(cfg.lane_offset)
             back.append(False)
             lead.append(True)
         # Oncoming traffic in the other lane: spread over the stretch the ego will meet.
-        if cfg.oncoming_per_km > 0:
+        if cfg.oncoming_per_km > 0 and cfg.side_vehicles == 0:
             span = self.route_length * 2 + cfg.max_distance
             n = rng.poisson(cfg.oncoming_per_km * span / 1000.0)
             for s in np.sort(rng.uniform(20.0, span, size=n)):
@@ -350,7 +403,7 @@ class World:
                 back.append(True)
                 lead.append(False)
         n = len(s0)
-        return _Movers(
+        first = _Movers(
             s0=np.array(s0, dtype=np.float64),
             v=np.array(v, dtype=np.float64),
             d=np.array(d, dtype=np.float64),
@@ -360,6 +413,50 @@ class World:
             colour=_CAR_COLOURS[rng.integers(len(_CAR_COLOURS), size=n)],
             rng_vals=rng.random((n, 6)),
             lead=np.array(lead, dtype=bool),
+            pace=np.array(lead, dtype=bool),
+            truck=np.zeros(n, dtype=bool),
+        )
+        # More traffic that follows the ego comes from its own random stream, so the default world
+        # (one lead car) is the same as before these options existed.
+        extra = self._generate_traffic(np.random.default_rng([self.seed, 0x7AFF1C]), first)
+        return first if extra is None else _Movers.concat([first, extra])
+
+    def _generate_traffic(self, rng: np.random.Generator, first: _Movers) -> _Movers | None:
+        """Lead vehicles after the first and the side vehicles (``lead_vehicles``, ``side_vehicles``)."""
+        cfg = self.config
+        rows: list[tuple[float, float, bool, bool, float, float]] = []  # s0, d, lead, truck, length, width
+        if cfg.lead_vehicles > 1:
+            front = float(first.s0[0] + first.length[0] / 2)
+            for _ in range(cfg.lead_vehicles - 1):
+                length = rng.uniform(3.9, 4.8)
+                centre = front + rng.uniform(3.0, 10.0) + length / 2
+                rows.append((centre, cfg.lane_offset, True, False, length, rng.uniform(1.7, 1.9)))
+                front = centre + length / 2
+        other_lane = -cfg.lane_offset
+        rear = -3.0  # the first side vehicle, a truck, reaches 3 m behind the camera: it is beside the car
+        for k in range(cfg.side_vehicles):
+            truck = k % 3 == 0
+            length = rng.uniform(9.0, 12.0) if truck else rng.uniform(3.9, 4.8)
+            width = rng.uniform(2.4, 2.55) if truck else rng.uniform(1.7, 1.9)
+            d = other_lane + rng.uniform(-0.25, 0.25)
+            rows.append((rear + length / 2, d, False, truck, length, width))
+            rear += length + rng.uniform(4.0, 12.0)
+        if not rows:
+            return None
+        n = len(rows)
+        col = np.array(rows, dtype=np.float64).reshape(n, 6)
+        return _Movers(
+            s0=col[:, 0],
+            v=np.zeros(n),
+            d=col[:, 1],
+            backwards=np.zeros(n, dtype=bool),
+            length=col[:, 4],
+            width=col[:, 5],
+            colour=_CAR_COLOURS[rng.integers(len(_CAR_COLOURS), size=n)],
+            rng_vals=rng.random((n, 6)),
+            lead=col[:, 2].astype(bool),
+            pace=np.ones(n, dtype=bool),
+            truck=col[:, 3].astype(bool),
         )
 
     # -- state at time t ----------------------------------------------------------------
@@ -387,18 +484,46 @@ class World:
         T[:3, 3] = [x, y, cfg.camera_height]
         return T
 
+    def mover_positions(self, t: float) -> np.ndarray:
+        """Road coordinate ``s`` (metres) of the centre of every moving vehicle at time ``t`` (seconds).
+
+        Oncoming cars drive at their own constant speed; traffic that follows the ego (lead and
+        side vehicles) is at ``s0 + traffic_speed_ratio · ego_s(t)``, and lead vehicles queue (their
+        rear at least 4 m ahead of the camera and 2 m ahead of the lead vehicle behind them).
+        """
+        m = self._movers
+        ego = self.ego_s(t)
+        s = np.where(m.pace, m.s0 + self.config.traffic_speed_ratio * ego, m.s0 + m.v * t)
+        behind = ego + 4.0 - 2.0  # the camera, as if it were a vehicle's front 2 m short of the 4 m margin
+        for i in np.flatnonzero(m.lead):  # in order of s0: the queue ahead of the ego
+            s[i] = max(s[i], behind + 2.0 + m.length[i] / 2)
+            behind = s[i] + m.length[i] / 2
+        return s
+
+    @property
+    def traffic(self) -> dict[str, int]:
+        """How many vehicles of each kind the world has (for summaries)."""
+        m = self._movers
+        return {
+            "lead": int(m.lead.sum()),
+            "side": int((m.pace & ~m.lead).sum()),
+            "trucks": int(m.truck.sum()),
+            "oncoming": int((~m.pace).sum()),
+        }
+
     def objects_at(self, t: float, s_min: float = -np.inf, s_max: float = np.inf) -> Objects:
         """Every primitive at time ``t`` whose road coordinate lies in ``[s_min, s_max]``."""
         keep = np.flatnonzero((self.static.s >= s_min) & (self.static.s <= s_max))
         parts = [self.static.subset(keep)]
         m = self._movers
         if len(m.s0):
-            s = np.where(m.lead, self.ego_s(t) + m.s0, m.s0 + m.v * t)
+            s = self.mover_positions(t)
             rows: list[dict] = []
-            for i in np.flatnonzero((s >= s_min - 5) & (s <= s_max + 5)):
+            for i in np.flatnonzero((s >= s_min - 8) & (s <= s_max + 8)):
                 x, y, psi = self._place(float(s[i]), float(m.d[i]))
                 yaw = psi + (math.pi if m.backwards[i] else 0.0)
-                rows += _car_rows(x, y, yaw, m.length[i], m.width[i], m.colour[i], m.rng_vals[i], True, float(s[i]))
+                make = _truck_rows if m.truck[i] else _car_rows
+                rows += make(x, y, yaw, m.length[i], m.width[i], m.colour[i], m.rng_vals[i], True, float(s[i]))
             if rows:
                 parts.append(Objects.build(rows))
         return Objects.concat(parts)
