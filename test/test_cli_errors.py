@@ -365,3 +365,11 @@ def test_train_stopped_by_a_signal_saves_and_exits_non_zero(
     assert "Traceback" not in stderr and f"stopped by {sig.name}" in stderr, stderr
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["step"] < 100000 and "optimizer" in ckpt  # saved, resumable
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA (CI, most laptops)")
+def test_train_on_cuda_without_a_gpu_is_one_line(
+    sample_bag: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = cli.main(["train", "--bag", str(sample_bag), "--out", str(tmp_path / "run"), "--device", "cuda"])
+    assert "PyTorch sees no CUDA device" in one_line_error(capsys, rc)

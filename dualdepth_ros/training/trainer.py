@@ -193,6 +193,11 @@ class Trainer:
         self.tc = TrainSection.coerce(cfg.extra.get("train"))
         self.data_cfg = data_cfg or DataConfig.coerce(cfg.extra.get("data"))
         self.out = Path(out_dir)
+        if self.tc.device.startswith("cuda") and not torch.cuda.is_available():
+            raise DualDepthError(
+                f"train.device {self.tc.device} (--device) was asked for, but PyTorch sees no CUDA device; "
+                "use --device cpu or auto"
+            )
         self.dist = distributed.init(self.tc.device)
         self.device = self.dist.device
         self.cuda = self.device.type == "cuda"
