@@ -4,7 +4,11 @@
     ros2 launch dualdepth_ros depth.launch.py image_transport:=compressed camera_height_m:=1.65 rviz:=true
 
 Arguments left empty ('') take their value from the parameters file (params_file, by default
-the package's config/depth.yaml); a non-empty one overrides it. The outputs (depth/image,
+the package's config/depth.yaml); a non-empty one overrides it. dds_profile picks the node's Fast
+DDS transport settings for large camera frames (config/dds/README.md): udp (default: works with a
+stock camera driver; raise net.core.rmem_max), shm (the camera driver must use
+config/dds/fastdds_shm.xml too) or off; a Fast DDS profile of your own
+(FASTRTPS_DEFAULT_PROFILES_FILE) is always left in place. The outputs (depth/image,
 depth/camera_info, confidence/image, confidence/camera_info, depth/preview) are relative
 names, so namespace:=camera publishes /camera/depth/image.
 """
@@ -40,6 +44,7 @@ def _node(context: LaunchContext) -> list[Node]:
         if value:
             overrides[param] = kind(value)
     image = cfg["image"]
+    dds_profile = cfg.get("dds_profile", "udp").strip() or "udp"
     return [
         Node(
             package=PACKAGE,
@@ -55,6 +60,7 @@ def _node(context: LaunchContext) -> list[Node]:
                 ("camera_info", cfg["camera_info"]),
             ],
             ros_arguments=["--log-level", cfg["log_level"]],
+            additional_env={"DUALDEPTH_DDS_PROFILE": dds_profile},
         )
     ]
 
@@ -72,6 +78,12 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its outputs"),
         DeclareLaunchArgument("node_name", default_value="depth_node", description="node name"),
         DeclareLaunchArgument("log_level", default_value="info", description="debug, info, warn, error"),
+        DeclareLaunchArgument(
+            "dds_profile",
+            default_value="udp",
+            description="Fast DDS settings for large frames (config/dds): udp (any camera driver), shm (the driver "
+            "uses config/dds/fastdds_shm.xml too) or off; FASTRTPS_DEFAULT_PROFILES_FILE of your own wins",
+        ),
         DeclareLaunchArgument("rviz", default_value="false", description="also start rviz2 with config/depth.rviz"),
         DeclareLaunchArgument(
             "rviz_config",

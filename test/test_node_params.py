@@ -69,8 +69,18 @@ def test_launch_file_arguments(repo_root: Path) -> None:
         and node.args
         and isinstance(node.args[0], ast.Constant)
     }
-    for arg in ("image", "camera_info", "params_file", "rviz", "rviz_config", "namespace"):
+    for arg in ("image", "camera_info", "params_file", "rviz", "rviz_config", "namespace", "dds_profile"):
         assert arg in declared, arg
+    # the node gets the DDS profile choice in its environment (dualdepth_ros.ros.dds reads it before rclpy starts)
+    env_kw = [
+        k.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "Node"
+        for k in n.keywords
+        if k.arg == "additional_env"
+    ]
+    assert len(env_kw) == 1 and isinstance(env_kw[0], ast.Dict), ast.dump(tree)[:500]
+    assert [k.value for k in env_kw[0].keys] == ["DUALDEPTH_DDS_PROFILE"]
     overrides = next(
         n.value for n in ast.walk(tree) if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "OVERRIDES"
     )
@@ -103,7 +113,13 @@ def test_depth_node_is_installed_with_its_launch_file_config_and_model(repo_root
         pytest.skip("install/ is missing: run `make build` (part of `make test`)")
     assert (install / "lib" / "dualdepth_ros" / "depth_node").stat().st_mode & 0o111
     share = install / "share" / "dualdepth_ros"
-    for rel in ("launch/depth.launch.py", "config/depth.yaml", "config/depth.rviz"):
+    for rel in (
+        "launch/depth.launch.py",
+        "config/depth.yaml",
+        "config/depth.rviz",
+        "config/dds/fastdds_udp.xml",  # depth_node's DDS profiles (dualdepth_ros.ros.dds finds them in share/)
+        "config/dds/fastdds_shm.xml",
+    ):
         assert (share / rel).read_bytes() == (repo_root / rel).read_bytes(), f"{rel} is stale: run `make build`"
     for name in ("model.onnx", "model.json"):
         assert (share / "models" / "dualdepth_default" / name).exists(), name

@@ -5,8 +5,9 @@ latency percentiles over the last frames); :func:`diagnostic_status` turns a sna
 ``diagnostic_msgs/DiagnosticStatus``. Levels:
 
 * ERROR — the backend failed on the last frame it ran (until an inference succeeds again);
-* WARN  — images arrive but no camera_info; the scale is unknown (no road plane yet);
-  input frames were refused within the last window;
+* WARN  — images arrive but no camera_info; frames were lost in transport (DDS dropped them before
+  the node received them) within the last window; the scale is unknown (no road plane yet); input
+  frames were refused within the last window;
 * OK    — otherwise.
 """
 
@@ -50,10 +51,10 @@ class RateMeter:
 
 @dataclasses.dataclass
 class _Counters:
-    received: int = 0
     published: int = 0
     dropped: int = 0
     no_camera_info: int = 0
+    lost: int = 0
     bad_input: int = 0
     unscaled: int = 0
     backend_errors: int = 0
@@ -75,11 +76,26 @@ class NodeStats:
         self.last_error_time: float | None = None
         self._last_bad_input: float | None = None
         self._last_no_info: float | None = None
+        self._lost: collections.deque[tuple[float, int]] = collections.deque()
+        self._taken = 0  # frames the image callback got
+        self._sequence_gaps = 0  # frames of the publisher that never reached the callback
+        self._last_sequence: int | None = None
 
-    def received(self, t: float) -> None:
+    def received(self, t: float, sequence: int | None = None) -> None:
+        """A frame reached the image callback at ``t``; ``sequence``: its publication sequence number, if known.
+
+        Frames the publisher sent between two that reached the callback were either lost in transport
+        (:meth:`lost`) or replaced by a newer frame in the subscription's DDS queue (keep-last): the second
+        kind counts as received and dropped, like a frame replaced in the node's mailbox. One publisher per
+        topic is assumed (a sequence number that does not increase restarts the count).
+        """
         with self._lock:
-            self.counters.received += 1
+            self._taken += 1
             self._input.add(t)
+            if sequence is not None:
+                if self._last_sequence is not None and sequence > self._last_sequence:
+                    self._sequence_gaps += sequence - self._last_sequence - 1
+                self._last_sequence = sequence
 
     def dropped(self) -> None:
         with self._lock:
@@ -89,6 +105,13 @@ class NodeStats:
         with self._lock:
             self.counters.no_camera_info += 1
             self._last_no_info = time.monotonic()
+
+    def lost(self, count: int, t: float | None = None) -> None:
+        """``count`` frames were lost in transport (the subscription's ``message_lost`` event)."""
+        t = time.monotonic() if t is None else t
+        with self._lock:
+            self.counters.lost += int(count)
+            self._lost.append((t, int(count)))
 
     def bad_input(self, message: str) -> None:
         with self._lock:
@@ -128,11 +151,19 @@ class NodeStats:
         """Every figure now, as plain values (seconds, Hz, counts)."""
         now = time.monotonic()
         with self._lock:
+            while self._lost and self._lost[0][0] < now - self._window:
+                self._lost.popleft()
             lat = np.array(self._latency, dtype=np.float64)
             inf = np.array(self._inference, dtype=np.float64)
             recent = self._window
+            # frames that reached the node but were replaced in its DDS queue before the callback took them
+            superseded = max(0, self._sequence_gaps - self.counters.lost)
+            counters = dataclasses.asdict(self.counters)
+            counters["dropped"] += superseded
             return {
-                **dataclasses.asdict(self.counters),
+                "received": self._taken + superseded,
+                **counters,
+                "dropped_in_queue": superseded,
                 "input_rate_hz": self._input.rate(now),
                 "output_rate_hz": self._output.rate(now),
                 "latency_p50_s": float(np.percentile(lat, 50)) if lat.size else None,
@@ -143,6 +174,8 @@ class NodeStats:
                 "last_error_age_s": None if self.last_error_time is None else now - self.last_error_time,
                 "recent_bad_input": self._last_bad_input is not None and now - self._last_bad_input < recent,
                 "recent_no_camera_info": self._last_no_info is not None and now - self._last_no_info < recent,
+                "recent_lost": sum(n for _, n in self._lost),
+                "window_s": self._window,
             }
 
 
@@ -156,8 +189,18 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def key_values(snapshot: Mapping[str, Any], backend: Mapping[str, Any], scale: Mapping[str, Any]) -> dict[str, str]:
-    """The diagnostics' key → value strings (stable keys; tests and dashboards read them)."""
+def key_values(
+    snapshot: Mapping[str, Any],
+    backend: Mapping[str, Any],
+    scale: Mapping[str, Any],
+    transport: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """The diagnostics' key → value strings (stable keys; tests and dashboards read them).
+
+    ``transport``: ``loss_reporting`` (the middleware reports frames lost in transport) and
+    ``dds_profile`` (the Fast DDS profile the node started with, or None).
+    """
+    transport = transport or {}
 
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v * 1e3:.2f}"
@@ -171,7 +214,9 @@ def key_values(snapshot: Mapping[str, Any], backend: Mapping[str, Any], scale: M
         "frames received": _fmt(snapshot["received"]),
         "frames published": _fmt(snapshot["published"]),
         "frames dropped": _fmt(snapshot["dropped"]),
+        "frames replaced in the DDS queue": _fmt(snapshot["dropped_in_queue"]),
         "frames without camera_info": _fmt(snapshot["no_camera_info"]),
+        "frames lost in transport": _fmt(snapshot["lost"]) if transport.get("loss_reporting", True) else "unknown",
         "frames refused (bad input)": _fmt(snapshot["bad_input"]),
         "frames without scale": _fmt(snapshot["unscaled"]),
         "backend errors": _fmt(snapshot["backend_errors"]),
@@ -184,6 +229,7 @@ def key_values(snapshot: Mapping[str, Any], backend: Mapping[str, Any], scale: M
         "scale": _fmt(scale.get("scale")),
         "scale status": _fmt(scale.get("status")),
         "last error": snapshot["last_error"] or "-",
+        "dds profile": _fmt(transport.get("dds_profile")),
     }
     for key in ("camera_height_m", "plane_tilt_deg", "plane_inliers"):
         if key in scale:
@@ -197,6 +243,7 @@ def diagnostic_status(
     snapshot: Mapping[str, Any],
     backend: Mapping[str, Any],
     scale: Mapping[str, Any],
+    transport: Mapping[str, Any] | None = None,
 ) -> Any:
     """A ``diagnostic_msgs/DiagnosticStatus`` for a :meth:`NodeStats.snapshot` (level rules: module docstring)."""
     from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
@@ -210,6 +257,13 @@ def diagnostic_status(
     elif snapshot["recent_no_camera_info"]:
         status.level = DiagnosticStatus.WARN
         status.message = "images arrive but no camera_info has been received; nothing is published"
+    elif snapshot["recent_lost"]:
+        status.level = DiagnosticStatus.WARN
+        status.message = (
+            f"{snapshot['recent_lost']} frame(s) lost in transport in the last {snapshot['window_s']:g} s "
+            f"({snapshot['lost']} in total): DDS dropped them before the node received them; large frames need "
+            "the DDS settings of config/dds/README.md"
+        )
     elif scale.get("mode") == "camera_height" and scale.get("scale") is None and snapshot["received"]:
         status.level = DiagnosticStatus.WARN
         status.message = "scale unknown: no road plane found yet (camera_height mode); depth not published"
@@ -221,5 +275,5 @@ def diagnostic_status(
         status.message = (
             f"publishing at {snapshot['output_rate_hz']:.1f} Hz" if snapshot["published"] else "waiting for images"
         )
-    status.values = [KeyValue(key=k, value=v) for k, v in key_values(snapshot, backend, scale).items()]
+    status.values = [KeyValue(key=k, value=v) for k, v in key_values(snapshot, backend, scale, transport).items()]
     return status

@@ -10,7 +10,7 @@ Topics (relative names: remap them, or push the node into the camera's namespace
     confidence/image       32FC1 in [0, 1]
     confidence/camera_info the same camera_info
     depth/preview          rgb8 colourised inverse depth, computed only while subscribed
-    /diagnostics           rates, latency p50/p95, drops, backend, scale, last error
+    /diagnostics           rates, latency p50/p95, drops, frames lost in transport, backend, scale, last error
 
 Threading: the image callback only stamps the arrival time and puts ``(image, camera_info,
 time)`` into a single-slot mailbox; a worker thread takes the newest item, runs
@@ -24,6 +24,11 @@ zeros or NaN, corrupt compressed data, 0×0, too large, step/data mismatch) is l
 same kind at most once per ``error_log_period_s``) and skipped; a backend exception turns the
 diagnostics to ERROR until an inference succeeds again. Only a model that cannot be opened
 stops the node at start, with one line naming the problem (exit status 2).
+
+Frames lost in transport (a best-effort subscription's ``message_lost`` event: DDS dropped a frame
+before the node saw it, typically a large frame over an untuned transport) are counted and turn the
+diagnostics to WARN. :func:`main` selects a Fast DDS profile for large frames before rclpy starts
+(:mod:`dualdepth_ros.ros.dds`; ``config/dds/``) unless the user configured DDS.
 
 Parameters: :mod:`dualdepth_ros.ros.params` (``config/depth.yaml``). Thresholds and scale
 settings change at runtime (``ros2 param set /depth_node camera_height_m 1.65``); invalid
@@ -42,13 +47,14 @@ from typing import Any
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.event_handler import SubscriptionEventCallbacks, UnsupportedEventTypeError
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from ..errors import DualDepthError
 from ..preprocess import PreprocessError
-from . import qos
+from . import dds, qos
 from .convert import camera_info_message, image_message
 from .diagnostics import NodeStats, diagnostic_status
 from .params import (
@@ -150,6 +156,8 @@ class DepthNode(Node):
         self._slot = LatestSlot()
         self._info: Any = None
         self._closed = False
+        #: What :func:`main` did about DDS (None when the node was created another way, e.g. in tests).
+        self.dds: dds.DdsSetup | None = None
         self.backend = backend if backend is not None else open_model_backend(self.params, self.get_logger().info)
         try:
             self.processor = FrameProcessor(
@@ -167,10 +175,20 @@ class DepthNode(Node):
 
         in_qos, out_qos = qos.input_profile(self.params), qos.output_profile(self.params)
         self.compressed = self.params["image_transport"] == "compressed"
-        if self.compressed:
-            self._image_sub = self.create_subscription(CompressedImage, "image/compressed", self._on_image, in_qos)
-        else:
-            self._image_sub = self.create_subscription(Image, "image", self._on_image, in_qos)
+        image_type, image_topic = (CompressedImage, "image/compressed") if self.compressed else (Image, "image")
+        #: Whether the middleware reports frames lost in transport (the ``message_lost`` event).
+        self.loss_reporting = True
+        try:
+            self._image_sub = self.create_subscription(
+                image_type,
+                image_topic,
+                self._on_image_with_info,
+                in_qos,
+                event_callbacks=SubscriptionEventCallbacks(message_lost=self._on_message_lost),
+            )
+        except UnsupportedEventTypeError:  # an RMW without the event: frames lost in transport go uncounted
+            self.loss_reporting = False
+            self._image_sub = self.create_subscription(image_type, image_topic, self._on_image_with_info, in_qos)
         self._info_sub = self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, in_qos)
         self.pub_depth = self.create_publisher(Image, "depth/image", out_qos)
         self.pub_depth_info = self.create_publisher(CameraInfo, "depth/camera_info", out_qos)
@@ -248,9 +266,32 @@ class DepthNode(Node):
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._info = msg
 
-    def _on_image(self, msg: Any) -> None:
+    def _on_message_lost(self, event: Any) -> None:
+        """Count frames that DDS lost before this subscription took them (dropped in transport)."""
+        n = int(event.total_count_change)
+        if n <= 0:
+            return
+        self.stats.lost(n)
+        self._log(
+            "warn",
+            f"{n} camera frame(s) lost in transport ({int(event.total_count)} so far): DDS dropped them before "
+            "the node received them; large frames need the DDS settings of config/dds/README.md",
+        )
+
+    def _on_image_with_info(self, msg: Any, message_info: Any) -> None:
+        # rclpy passes the message info to a callback that takes exactly two arguments
+        self._on_image(msg, message_info)
+
+    def _on_image(self, msg: Any, message_info: Any = None) -> None:
+        """Stamp the arrival and hand the frame to the worker (the subscription's callback, with rmw message info).
+
+        ``message_info["publication_sequence_number"]`` tells how many frames of the publisher never reached
+        this callback: lost in transport (the ``message_lost`` event counts those) or replaced by a newer
+        frame in the subscription's queue (:meth:`NodeStats.sequence`).
+        """
         t = time.monotonic()
-        self.stats.received(t)
+        seq = message_info.get("publication_sequence_number") if isinstance(message_info, dict) else None
+        self.stats.received(t, seq if isinstance(seq, int) and seq > 0 else None)
         info = self._info
         if info is None:
             self.stats.no_camera_info()
@@ -318,12 +359,17 @@ class DepthNode(Node):
     # -- diagnostics -----------------------------------------------------------------------
     def diagnostics(self) -> Any:
         """The current ``DiagnosticStatus`` (what the timer publishes)."""
+        transport = {
+            "loss_reporting": self.loss_reporting,
+            "dds_profile": str(self.dds.profile) if self.dds and self.dds.profile else None,
+        }
         return diagnostic_status(
             f"{self.get_fully_qualified_name().lstrip('/')}: depth",
             str(self._backend_info.get("device", self._backend_info.get("name", ""))),
             self.stats.snapshot(),
             self._backend_info,
             self.processor.scaler.describe(),
+            transport,
         )
 
     def publish_diagnostics(self) -> None:
@@ -353,8 +399,13 @@ class DepthNode(Node):
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``depth_node`` (``ros2 run dualdepth_ros depth_node --ros-args …``)."""
     argv = sys.argv if argv is None else argv
-    rclpy.init(args=argv)
     logger = rclpy.logging.get_logger("depth_node")
+    try:
+        dds_setup = dds.configure()  # before rclpy.init: Fast DDS reads its profile when the participant starts
+    except DualDepthError as err:
+        print(f"[depth_node] cannot start: {err}", file=sys.stderr, flush=True)
+        return 2
+    rclpy.init(args=argv)
     try:
         node = DepthNode()
     except DualDepthError as err:
@@ -364,6 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         rclpy.try_shutdown()
         return 0
+    node.dds = dds_setup
+    if dds_setup.warning:
+        node.get_logger().warning(dds_setup.message)
+    else:
+        node.get_logger().info(dds_setup.message)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
@@ -377,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         rclpy.try_shutdown()
         logger.info(
             f"shut down: {stats['received']} frames received, {stats['published']} published, "
-            f"{stats['dropped']} dropped, {stats['bad_input']} refused, {stats['backend_errors']} backend errors"
+            f"{stats['dropped']} dropped, {stats['lost']} lost in transport, {stats['bad_input']} refused, "
+            f"{stats['backend_errors']} backend errors"
         )
     return 0
 

@@ -7,9 +7,17 @@ through their CDR bytes (so headers, encodings and data are exactly as recorded)
 at the bag's own timing (``speed`` × real time) or at a fixed rate, each image right after its
 camera_info.
 
+Large frames at a camera's rate (the DDS transport tests and ``dualdepth bench node --mode
+delivery``): ``size`` resizes every frame to ``W×H`` rgb8 and serializes it once
+(:func:`serialized_frames`); each publication then only writes the current time into the
+serialized header and hands the bytes to rclpy, so a 1920×1080 stream at 30 Hz costs the player
+little CPU beyond DDS's own copies.
+
 Command line (for a second process, e.g. in a launch file)::
 
     python -m dualdepth_ros.ros.player --bag test/data/sample_drive [--rate 10] [--loop]
+    python -m dualdepth_ros.ros.player --bag test/data/sample_drive --size 1920x1080 --rate 30 --duration 10 \
+        --reliability best_effort --depth 5 --publish-image-topic /cam/image --publish-info-topic /cam/camera_info
 """
 
 from __future__ import annotations
@@ -23,17 +31,36 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PlayFrame", "RecordedStream", "load_stream", "Player", "main"]
+__all__ = ["PlayFrame", "RecordedStream", "load_stream", "serialized_frames", "Player", "main"]
 
 
 @dataclasses.dataclass
 class PlayFrame:
-    """One recorded frame: its image and camera_info as rclpy messages, and when it was logged."""
+    """One recorded frame: its image and camera_info as rclpy messages, and when it was logged.
+
+    ``raw_image`` / ``raw_info``: the same messages serialized (CDR) when the frame was prepared by
+    :func:`serialized_frames`; :class:`Player` then publishes the bytes, restamped with the current time.
+    """
 
     log_ns: int
     stamp_ns: int
     image: Any
     info: Any
+    raw_image: bytearray | None = None
+    raw_info: bytearray | None = None
+
+
+# A serialized message (CDR) starts with a 4-byte encapsulation header, then std_msgs/Header's
+# stamp: int32 sec, uint32 nanosec (little-endian in the CDR_LE encapsulation rclpy writes).
+_STAMP_OFFSET = 4
+_CDR_LE = b"\x00\x01"
+
+
+def _restamp(raw: bytearray, stamp_ns: int) -> bytes:
+    """The serialized message ``raw`` with its header stamp set to ``stamp_ns`` (in place, then copied)."""
+    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    raw[_STAMP_OFFSET : _STAMP_OFFSET + 8] = sec.to_bytes(4, "little", signed=True) + nanosec.to_bytes(4, "little")
+    return bytes(raw)
 
 
 @dataclasses.dataclass
@@ -120,6 +147,43 @@ def load_stream(
     return RecordedStream(Path(bag), sel.image, sel.camera_info, compressed, frames)
 
 
+def serialized_frames(stream: RecordedStream, width: int, height: int, max_frames: int = 10) -> RecordedStream:
+    """The first ``max_frames`` frames of ``stream`` resized to ``width × height`` rgb8 and serialized once.
+
+    The camera_info is the recorded camera scaled to the new size (``Intrinsics.resized``; D = 0).
+    Memory: ``max_frames × width × height × 3`` bytes twice (message and serialized copy).
+
+    Raises
+    ------
+    DualDepthError : a size below 1×1.
+    """
+    import cv2
+    from rclpy.serialization import serialize_message
+    from std_msgs.msg import Header
+
+    from ..errors import DualDepthError
+    from ..images import decode_rgb
+    from ..intrinsics import Intrinsics
+    from .convert import camera_info_message, image_message
+
+    if width < 1 or height < 1:
+        raise DualDepthError(f"frame size must be at least 1x1, got {width}x{height}")
+    frames = []
+    for f in stream.frames[: max(1, max_frames)]:
+        rgb = decode_rgb(f.image)
+        interp = cv2.INTER_AREA if width <= rgb.shape[1] else cv2.INTER_LINEAR
+        header = Header(frame_id=f.image.header.frame_id)
+        header.stamp = f.image.header.stamp
+        image = image_message(cv2.resize(rgb, (width, height), interpolation=interp), "rgb8", header)
+        K = Intrinsics.from_matrix(f.info.k, f.info.width, f.info.height).resized(width, height)
+        info = camera_info_message(K, header)
+        raw_image, raw_info = bytearray(serialize_message(image)), bytearray(serialize_message(info))
+        if raw_image[:2] != _CDR_LE or raw_info[:2] != _CDR_LE:  # only little-endian CDR is restamped here
+            raise DualDepthError("rclpy serialized a message big-endian; the player cannot restamp it")
+        frames.append(dataclasses.replace(f, image=image, info=info, raw_image=raw_image, raw_info=raw_info))
+    return dataclasses.replace(stream, compressed=False, frames=frames)
+
+
 class Player:
     """Publishes a :class:`RecordedStream` from an rclpy node.
 
@@ -154,7 +218,19 @@ class Player:
         self.sent: list[tuple[int, float]] = []
 
     def publish(self, frame: PlayFrame) -> float:
-        """Publish one frame (camera_info, then image); returns the monotonic time of the image."""
+        """Publish one frame (camera_info, then image); returns the monotonic time of the image.
+
+        A frame from :func:`serialized_frames` goes out as its serialized bytes, stamped with the
+        current ROS time (``sent`` records that stamp).
+        """
+        if frame.raw_image is not None and frame.raw_info is not None:
+            stamp = self.node.get_clock().now().nanoseconds
+            self.info_pub.publish(_restamp(frame.raw_info, stamp))
+            data = _restamp(frame.raw_image, stamp)
+            t = time.monotonic()
+            self.image_pub.publish(data)
+            self.sent.append((stamp, t))
+            return t
         self.info_pub.publish(frame.info)
         t = time.monotonic()
         self.image_pub.publish(frame.image)
@@ -239,15 +315,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--loop", action="store_true", help="start again at the end, until stopped")
     parser.add_argument("--max-frames", type=int, help="play only the first N frames of the bag")
     parser.add_argument("--reliability", default="reliable", choices=("reliable", "best_effort"))
+    parser.add_argument("--depth", type=int, default=10, help="publisher queue depth (a camera driver: 5)")
+    parser.add_argument(
+        "--size",
+        help="WxH: publish the first frames (--max-frames, default 10) resized to this size as rgb8, serialized "
+        "once and restamped with the publication time (large frames at a camera's rate)",
+    )
+    parser.add_argument("--duration", type=float, help="stop after this many seconds (loops the frames until then)")
+    parser.add_argument("--count", type=int, help="stop after this many frames (loops the frames until then)")
+    parser.add_argument("--wait", type=float, default=30.0, help="seconds to wait for a subscriber (0: do not wait)")
     args, ros_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     try:
-        stream = load_stream(args.bag, args.image_topic, args.info_topic, args.max_frames)
+        size = None
+        if args.size:
+            try:
+                size = tuple(int(v) for v in args.size.lower().split("x"))
+                assert len(size) == 2
+            except (ValueError, AssertionError):
+                raise DualDepthError(f"--size must be WxH (e.g. 1920x1080), got {args.size!r}") from None
+        stream = load_stream(args.bag, args.image_topic, args.info_topic, args.max_frames or (10 if size else None))
     except DualDepthError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     rclpy.init(args=["player", *ros_args])
     node = rclpy.create_node("dualdepth_player")
-    player = Player(node, stream, args.publish_image_topic, args.publish_info_topic, args.reliability)
+    if size is not None:
+        try:
+            stream = serialized_frames(stream, size[0], size[1], len(stream.frames))
+        except DualDepthError as err:
+            print(f"error: {err}", file=sys.stderr)
+            node.destroy_node()
+            rclpy.try_shutdown()
+            return 2
+    player = Player(node, stream, args.publish_image_topic, args.publish_info_topic, args.reliability, args.depth)
 
     def spin(seconds: float) -> None:
         rclpy.spin_once(node, timeout_sec=seconds)
@@ -257,8 +357,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{player.image_pub.topic_name}" + (" (looping)" if args.loop else "")
     )
     try:
-        n = player.play(args.rate, args.speed, args.loop, spin=spin)
-        node.get_logger().info(f"played {n} frames")
+        if args.wait > 0 and not player.wait_for_subscribers(args.wait, spin):
+            node.get_logger().warning(f"no subscriber on {player.image_pub.topic_name} after {args.wait:g} s")
+        start = time.monotonic()
+
+        def should_stop() -> bool:
+            if args.count is not None and len(player.sent) >= args.count:
+                return True
+            return args.duration is not None and time.monotonic() - start >= args.duration
+
+        loop = args.loop or args.duration is not None or args.count is not None
+        n = player.play(args.rate, args.speed, loop, spin=spin, should_stop=should_stop)
+        seconds = time.monotonic() - start
+        node.get_logger().info(f"played {n} frames in {seconds:.2f} s ({n / max(seconds, 1e-9):.2f} Hz)")
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
