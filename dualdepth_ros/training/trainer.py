@@ -42,6 +42,7 @@ from ..config import (
 from ..data import ClipDataset, DataConfig, load_stores
 from ..data.batch import to_model_batch
 from ..errors import DualDepthError
+from ..intrinsics import Intrinsics
 from ..losses import SelfSupervisedLoss, clip_layout, enabled_terms
 from ..networks import DepthModel, count_parameters
 from . import distributed
@@ -276,6 +277,7 @@ class Trainer:
         self.step = 0
         self.metrics: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
+        self.best_health: dict[str, Any] | None = None  # the healthiest validation (collapse check) so far
         self._seconds_before = 0.0  # training wall time of earlier (resumed-from) runs
         self._fit_t0: float | None = None
         self.micro_batch = 0
@@ -402,6 +404,7 @@ class Trainer:
             rng=rng_state(),
             metrics=self.metrics,
             history=self.history,
+            best_health=self.best_health,
             train_seconds=self.train_seconds,
             world_size=self.dist.world_size,
             micro_batch=self.micro_batch,
@@ -417,6 +420,10 @@ class Trainer:
 
     def snapshot(self) -> Path | None:
         """Keep this step's weights as ``snapshots/step_NNNNNN.pt`` (a packed checkpoint: no training state)."""
+        return self._pack_weights(self.out / "snapshots" / f"step_{self.step:06d}.pt")
+
+    def _pack_weights(self, path: Path, **extra: Any) -> Path | None:
+        """Save the current weights as a packed checkpoint (no optimiser or RNG state) at ``path``."""
         if not self.dist.is_main:
             return None
         ckpt = make_checkpoint(
@@ -428,8 +435,9 @@ class Trainer:
             train_seconds=self.train_seconds,
             camera_topics=self.camera_topics(),
             init=self.init_info,
+            **extra,
         )
-        return atomic_save(ckpt, self.out / "snapshots" / f"step_{self.step:06d}.pt")
+        return atomic_save(ckpt, path)
 
     def _read_resume(self, path: Path) -> dict[str, Any]:
         """The checkpoint ``path`` to resume (read without running code), checked against this run's config."""
@@ -486,6 +494,7 @@ class Trainer:
         self.step = int(ckpt["step"])
         self.metrics = dict(ckpt.get("metrics", {}))
         self.history = list(ckpt.get("history", []))
+        self.best_health = ckpt.get("best_health")
         self._seconds_before = float(ckpt.get("train_seconds", 0.0))
         self.micro_batch = int(ckpt.get("micro_batch", 0))
         set_rng_state(ckpt["rng"])
@@ -571,6 +580,8 @@ class Trainer:
             idx = np.linspace(0, n - 1, limit).round().astype(int)
             sums: dict[str, float] = {}
             bs = self.cfg.optim.batch_size
+            depths: list[np.ndarray] = []
+            cams: list[Intrinsics] = []
             for start in range(0, limit, bs):
                 items = [self.val_set[int(i)] for i in idx[start : start + bs]]
                 batch = to_model_batch(torch.utils.data.default_collate(items), self.device)
@@ -580,12 +591,53 @@ class Trainer:
                 sums["total"] = sums.get("total", 0.0) + float(total) * k
                 for name, v in terms.items():
                     sums[name] = sums.get(name, 0.0) + float(v.float().mean()) * k
+                depth = outputs[("depth_fused", self.layout.target, 0)].detach().float().cpu().numpy()
+                K = batch[("K", 0)].detach().double().cpu().numpy()
+                depths.extend(depth[:, 0])
+                cams.extend(Intrinsics.from_matrix(K[j, :3, :3], depth.shape[-1], depth.shape[-2]) for j in range(k))
             out["val_loss"] = {k: v / limit for k, v in sums.items()}
             out["val_clips"] = int(limit)
+            if self.cfg.model.depth_source != "ground_truth":  # a ladder rung's depth is not the net's
+                out["collapse"] = self._collapse_check(depths, cams)
         gt = self._validate_gt()
         if gt:
             out["val_gt"] = gt
         return out
+
+    def _collapse_check(self, depths: list[np.ndarray], cams: list[Intrinsics]) -> dict[str, Any]:
+        """The ground-truth-free collapse check (:mod:`~dualdepth_ros.evaluation.collapse`) of the validation depth.
+
+        ``depths``: the fused depth of every validation clip's target (``H×W``, model units) and
+        ``cams`` its intrinsics at that size. Returns the report as a dict (``passed``, ``health``,
+        the scores and a reason per test).
+        """
+        from ..evaluation.collapse import check_depth
+
+        m = self.cfg.model
+        limits = (1.0 / (m.disp_scale + m.disp_offset), 1.0 / m.disp_offset)
+        report = check_depth(np.stack(depths), cams, limits=limits)
+        return {**report.as_dict(), "failures": report.failures}
+
+    def _keep_best_by_collapse_check(self, log: RunLogger, report: dict[str, Any]) -> None:
+        """Keep the weights of the healthiest validation so far (``best_health.pt``); warn when the check fails."""
+        health = float(report.get("health", float("nan")))
+        best = self.best_health or {}
+        if math.isfinite(health) and health > best.get("health", -math.inf):
+            self.best_health = {"step": self.step, "health": health, "passed": bool(report.get("passed"))}
+            self._pack_weights(self.out / "best_health.pt", collapse=report)
+        if not report.get("passed"):
+            b = self.best_health or {}
+            where = (
+                f"the healthiest weights so far are {self.out / 'best_health.pt'} (step {b['step']}, "
+                f"health {b['health']:.3f})"
+                if b
+                else "no healthy weights yet"
+            )
+            log.write(
+                f"WARNING: collapse check failed at step {self.step} (health {health:.3f}): "
+                f"{'; '.join(report.get('failures', [])) or 'see the validation metrics'}. The depth may be "
+                f"inverted or collapsed (e.g. traffic keeping pace with the camera, or long stops); {where}"
+            )
 
     def _validate_gt(self) -> dict[str, Any]:
         """Standard depth metrics, AUSE/AURG and temporal stability on the validation frames.
@@ -680,6 +732,8 @@ class Trainer:
             "seconds": elapsed,
             "train_seconds": self.train_seconds,
             "last_validation": self.metrics,
+            "collapse_check": (self.metrics.get("collapse") or {}).get("passed"),
+            "best_health": self.best_health,
             "stopped_by_signal": self.stop_signal if stopped else None,
         }
         if self.dist.is_main:
@@ -802,8 +856,14 @@ class Trainer:
             flat[f"loss/{k}"] = v
         for k, v in _flatten(metrics.get("val_gt", {})).items():
             flat[k] = v
+        collapse = metrics.get("collapse")
+        if collapse:
+            flat["collapse/health"] = float(collapse["health"])
+            flat["collapse/passed"] = float(bool(collapse["passed"]))
         log.scalars(self.step, flat, prefix="val")
         parts = [f"val @ {self.step}: photometric loss {metrics['val_loss']['total']:.4f}"]
+        if collapse:
+            parts.append(f"collapse check {'ok' if collapse['passed'] else 'FAILED'} (health {collapse['health']:.3f})")
         gt = _flatten(metrics.get("val_gt", {}))
         for key, label in (
             ("median_scaled/abs_rel", "AbsRel"),
@@ -815,6 +875,8 @@ class Trainer:
             if key in gt:
                 parts.append(f"{label} {gt[key]:.4f}")
         log.write(", ".join(parts))
+        if collapse:
+            self._keep_best_by_collapse_check(log, collapse)
 
     def _log_images(self, log: RunLogger) -> None:
         if not self.dist.is_main or not hasattr(self, "_last"):
