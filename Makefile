@@ -27,6 +27,7 @@ TRAIN_BAGS    := $(foreach s,$(TRAIN_SEEDS),$(DATA)/drive_$(s))
 HELDOUT_BAG   := $(DATA)/heldout_$(HELDOUT_SEED)
 DRIVE_ARGS    := --frames 300 --width 320 --height 96 --format mcap
 MODEL         := models/dualdepth_default.pt
+# The model folder (model.onnx + model.json + weights.pt) is derived from $(MODEL), never tracked (.gitignore).
 EXPORTED      := models/dualdepth_default
 
 # ROS 2 launch / launch_testing / ros2cli wheels (test tooling; not on PyPI, see their README):
@@ -44,7 +45,7 @@ help:
 	@echo "make demo    setup + build + depth_node on the bundled sample drive via ROS 2 (bag, mosaic, latency, accuracy)"
 	@echo "make sample  re-record the bundled sample drive (test/data/sample_drive)"
 	@echo "make bench   print the benchmark figures (rendering, training step)"
-	@echo "make export-default  re-export the default model (models/dualdepth_default/) from $(MODEL)"
+	@echo "make export-default  derive the default model folder (models/dualdepth_default/) from $(MODEL) again"
 	@echo "make real-eval  the shipped model and a constant depth on every real drive with ground truth (../shared/data)"
 
 setup: $(STAMP)
@@ -65,7 +66,7 @@ $(STAMP): requirements.txt requirements-pip.txt setup.py
 	@touch $(STAMP)
 	@echo "setup done: $(VENV)/bin/dualdepth --help"
 
-build: setup
+build: setup $(EXPORTED)/model.onnx
 	@$(VENV)/bin/colcon --log-base log build --base-paths . --build-base build --install-base install \
 	  --event-handlers console_cohesion- summary+ 2>&1 | grep -v "^WARNING" || true
 	@test -x install/dualdepth_ros/lib/dualdepth_ros/dualdepth || { echo "colcon build did not install the executables"; exit 1; }
@@ -93,8 +94,8 @@ test: setup build lint test-tools
 # depth_node from the colcon install space as its own process, the sample drive played to it over
 # ROS 2 (localhost only), its outputs recorded: runs/demo/{bag,mosaic.png,summary.json,node.log}.
 demo: build
-	@test -f models/dualdepth_default/model.onnx || \
-	  { echo "models/dualdepth_default/model.onnx is missing: restore it from git or run 'make export-default'"; exit 1; }
+	@test -f $(EXPORTED)/model.onnx || \
+	  { echo "$(EXPORTED)/model.onnx is missing: run 'make export-default' (it derives it from $(MODEL))"; exit 1; }
 	@export $(VENV_AMENT); set +u; source install/setup.bash; set -u; \
 	  $(VENV)/bin/dualdepth demo --bag test/data/sample_drive --out $(DEMO_DIR) --overwrite --camera-height 1.5 \
 	    --node-command "$(CURDIR)/install/dualdepth_ros/lib/dualdepth_ros/depth_node"
@@ -122,8 +123,12 @@ train: setup data
 	  --plots models/dualdepth_default_plots
 	$(MAKE) export-default
 
-# The shipped exported model (ONNX + model.json + weights.pt), checked in CI to match $(MODEL)
-# (test/test_export_default.py): re-run after every change of the checkpoint.
+# The default model folder (ONNX + model.json + weights.pt), derived from the one stored model $(MODEL):
+# by `make build` when it is missing or older than the checkpoint (before colcon installs it), by
+# `make export-default` always; test/test_export_default.py checks that it matches $(MODEL).
+$(EXPORTED)/model.onnx: $(MODEL) | $(STAMP)
+	$(VENV)/bin/dualdepth export --checkpoint $(MODEL) --out $(EXPORTED) --per-branch --overwrite
+
 export-default: setup
 	$(VENV)/bin/dualdepth export --checkpoint $(MODEL) --out $(EXPORTED) --per-branch --overwrite
 

@@ -1,5 +1,6 @@
 """ament_python build for dualdepth_ros (also a plain pip-installable package)."""
 
+import sys
 from glob import glob
 
 from setuptools import find_packages, setup
@@ -9,6 +10,21 @@ package_name = "dualdepth_ros"
 
 def files(pattern: str) -> list[str]:
     return sorted(p for p in glob(pattern, recursive=True) if not p.endswith("/"))
+
+
+def derived_model(folder: str) -> list[str]:
+    """The files of a model folder derived from its packed checkpoint (``make build`` writes it before colcon).
+
+    The repository stores only ``models/NAME.pt``; installing without ``models/NAME/model.onnx`` would ship
+    a package without its default model, so ``build``/``install``/``develop`` stop here saying what to run.
+    """
+    found = files(folder + "/*")
+    if folder + "/model.onnx" not in found and {"build", "install", "develop"} & set(sys.argv[1:]):
+        sys.exit(
+            f"{folder}/model.onnx is missing: it is derived from {folder}.pt, not stored; run `make build` "
+            f"(or `dualdepth export --checkpoint {folder}.pt --out {folder} --per-branch`) before colcon build"
+        )
+    return found
 
 
 setup(
@@ -24,7 +40,7 @@ setup(
         ("share/" + package_name + "/config/ladder", files("config/ladder/*.yaml")),
         ("share/" + package_name + "/config/bench", files("config/bench/*.yaml")),
         ("share/" + package_name + "/models", files("models/*.*")),
-        ("share/" + package_name + "/models/dualdepth_default", files("models/dualdepth_default/*")),
+        ("share/" + package_name + "/models/dualdepth_default", derived_model("models/dualdepth_default")),
     ],
     install_requires=["setuptools"],
     # `colcon test` picks its test runner from the test dependencies: naming pytest here makes it run the pytest

@@ -131,3 +131,40 @@ def test_image_conversions_equal_rosbags_image() -> None:
         assert (got[0], got[2], got[3]) == (want[0], want[2], want[3])
     with pytest.raises(images.ImageError, match="not supported"):
         images.to_cvtype("xyz123")
+
+
+DERIVE_WITHOUT_TORCH = r"""
+import importlib.abc, sys
+
+class Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            raise ImportError(f"{name} is blocked in this test")
+        return None
+
+sys.meta_path.insert(0, Blocked())
+from dualdepth_ros.inference import ModelError, open_backend
+
+try:
+    open_backend(sys.argv[1], "onnxruntime")
+except ModelError as err:
+    print("ModelError:", err)
+"""
+
+
+def test_a_folder_to_derive_without_torch_says_which_command_to_run(tmp_path: Path) -> None:
+    """models/NAME/ missing beside models/NAME.pt where torch is not importable: one line with the export command."""
+    os.symlink(SHIPPED.with_name("dualdepth_default.pt"), tmp_path / "m.pt")
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", DERIVE_WITHOUT_TORCH, str(tmp_path / "m")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"ModelError: {tmp_path / 'm'} has no model.onnx"), lines
+    assert f"run `dualdepth export --checkpoint {tmp_path / 'm.pt'} --out {tmp_path / 'm'} --per-branch`" in lines[0]
+    assert not (tmp_path / "m").exists()

@@ -6,6 +6,9 @@ A model folder written by ``dualdepth export`` holds::
     model.json    this module's ModelMetadata, as JSON
     weights.pt    the depth net's weights for the PyTorch backend (loaded with weights_only=True)
 
+A shipped model's folder is derived from its packed checkpoint (``models/NAME.pt`` beside
+``models/NAME/``) at build or first use (:mod:`.derive`), never stored.
+
 A runtime (the node, ``dualdepth infer``) takes its preprocessing (input size, resize/crop mode,
 rectification, colour order, value range) from here, never from the training config.
 
@@ -49,7 +52,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -305,14 +308,22 @@ def parse_metadata_props(props: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def load_metadata(model_dir_or_json: str | os.PathLike) -> ModelMetadata:
+def load_metadata(model_dir_or_json: str | os.PathLike, log: Callable[[str], None] | None = None) -> ModelMetadata:
     """Read and validate ``model.json`` from a model folder (or the path of the JSON file itself).
+
+    A folder without ``model.onnx``/``model.json`` whose packed checkpoint lies beside it
+    (``NAME.pt`` next to ``NAME``) is derived from it first (:func:`~.derive.ensure_model_dir`;
+    ``log`` gets its one line, default stderr).
 
     Raises
     ------
-    ModelError : the folder or file is missing, the file is not JSON, or a field is wrong.
+    ModelError : the folder or file is missing, the file is not JSON, or a field is wrong; a folder
+        to derive where torch is not importable (the message gives the ``dualdepth export`` command).
     """
+    from .derive import ensure_model_dir
+
     path = Path(model_dir_or_json)
+    ensure_model_dir(path, log=log)
     if path.is_dir():
         path = path / METADATA_FILE
     elif path.suffix == ".onnx":

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .backend import BACKEND_NAMES, DEVICES, PRECISIONS, Backend, BackendUnavailableError, ModelError
+from .derive import ensure_model_dir
 from .metadata import MODEL_FILE, WEIGHTS_FILE, ModelMetadata, load_metadata
 
 __all__ = ["open_backend", "CANDIDATES"]
@@ -45,10 +46,12 @@ CANDIDATES: tuple[tuple[str, str], ...] = (
 )
 
 
-def _model_dir(path: str | os.PathLike) -> Path:
+def _model_dir(path: str | os.PathLike, log: Callable[[str], None] | None = None) -> Path:
+    """The model folder of ``path`` (a folder or its ``model.onnx``), derived from its checkpoint if needed."""
     p = Path(path)
     if p.is_file() and p.suffix == ".onnx":
         p = p.parent
+    ensure_model_dir(p, log=log)
     if not p.is_dir():
         raise ModelError(f"model folder not found: {p}")
     return p
@@ -143,6 +146,9 @@ def open_backend(
 ) -> Backend:
     """Load the model in ``model_dir`` (``model.onnx`` + ``model.json`` [+ ``weights.pt``]) with a backend.
 
+    A folder without ``model.onnx``/``model.json`` whose packed checkpoint lies beside it (``NAME.pt``
+    next to ``NAME``) is first derived from it (:func:`~.derive.ensure_model_dir`: one ``log`` line).
+
     Parameters
     ----------
     model_dir : the model folder (or the path of its ``model.onnx``).
@@ -175,9 +181,9 @@ def open_backend(
         raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if device not in DEVICES:
         raise ModelError(f"device must be one of {', '.join(DEVICES)}; got {device!r}")
-    path = _model_dir(model_dir)
-    metadata = load_metadata(path)
     emit = log or (lambda _line: None)
+    path = _model_dir(model_dir, log=emit)
+    metadata = load_metadata(path, log=emit)
     opts = {
         "precision": precision,
         "threads": threads,
