@@ -279,7 +279,7 @@ class Spinner:
         self.thread.join(timeout=5)
 
 
-def publish_until(pub: Any, msg: Any, predicate: Any, timeout: float = 10.0, period: float = 0.1) -> bool:
+def publish_until(pub: Any, msg: Any, predicate: Any, timeout: float = 30.0, period: float = 0.1) -> bool:
     """Publish ``msg`` every ``period`` s until ``predicate()`` (a message sent just after discovery can be lost)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

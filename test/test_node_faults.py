@@ -83,7 +83,7 @@ def test_backend_raising_at_runtime_then_recovering() -> None:
     try:
         with Spinner(node, client):
             assert wait_until(
-                lambda: image_pub.get_subscription_count() and node.pub_depth.get_subscription_count(), 10
+                lambda: image_pub.get_subscription_count() and node.pub_depth.get_subscription_count(), 30
             )
             assert publish_until(info_pub, frames[0].info, lambda: node._info is not None)
 
@@ -91,22 +91,26 @@ def test_backend_raising_at_runtime_then_recovering() -> None:
                 image_pub.publish(frames[i].image)
 
             send(0)
-            assert wait_until(lambda: len(depth) == 1, 10)
-            assert wait_until(lambda: diag and diag[-1].level == DiagnosticStatus.OK, 5)
+            assert wait_until(lambda: len(depth) == 1, 30)
+            assert wait_until(lambda: diag and diag[-1].level == DiagnosticStatus.OK, 30)
+            dropped_before = node.stats.snapshot()["dropped"]
             backend.fail = True
             for i in range(1, 6):
                 send(i)
                 time.sleep(0.1)
-            assert wait_until(lambda: diag[-1].level == DiagnosticStatus.ERROR, 5)
+            assert wait_until(lambda: diag[-1].level == DiagnosticStatus.ERROR, 30)
             assert "simulated CUDA error: device lost" in diag[-1].message
             assert len(depth) == 1
             backend.fail = False
             send(6)
-            assert wait_until(lambda: len(depth) == 2, 10)
+            assert wait_until(lambda: len(depth) == 2, 30)
             assert stamp_ns(depth[-1].header) == frames[6].stamp_ns
-            assert wait_until(lambda: diag[-1].level == DiagnosticStatus.OK, 5)
+            assert wait_until(lambda: diag[-1].level == DiagnosticStatus.OK, 30)
             values = {kv.key: kv.value for kv in diag[-1].values}
-            assert int(values["backend errors"]) == 5
+            # each of the 5 failing frames ran and failed, or (a slow run) was dropped for the next one
+            dropped = int(values["frames dropped"]) - dropped_before
+            assert int(values["backend errors"]) >= 1
+            assert int(values["backend errors"]) + dropped == 5, values
             assert "device lost" in values["last error"]
     finally:
         node.destroy_node()

@@ -1,11 +1,17 @@
 """Load: the sample drive at 100 Hz for 10 s into a depth_node process (real model, ONNX Runtime).
 
-Asserted: the node stays up; it publishes at most at the input rate and keeps publishing to the
-end; every published frame is one that was sent, in order; the latency of what it publishes
-(publish → receive, two processes) stays bounded — its 95th percentile under 0.5 s and the
-last second no slower than the first plus 0.2 s (no backlog builds up); frames it could not
-take are dropped and counted (received = published + dropped + waiting for the first scale); its memory stays
-flat (resident set growth from second 2 to the end under 40 MB; the figure is printed).
+Everything asserted is what the node guarantees, measured in the same run (the machine may be
+slow or loaded; absolute figures — the rate this process reaches, latency in milliseconds — are
+printed here and by ``dualdepth bench node --mode load``):
+
+* it stays up, and publishes only frames that were sent, in order;
+* nothing queues: the node's own latency (image callback → published) of its last frames is at most
+  two of its frame times (the frame in progress when one arrives, then its own), by its diagnostics;
+* it publishes at its processing rate: every frame it received was published, dropped for a newer
+  frame, or (warm-up) waited for the first scale, and it published until the input stopped (the last
+  frame it published was sent within two of its frame times, plus 0.5 s for frames lost at the end,
+  of the end of the input);
+* its memory stays flat (resident set growth from second 2 to the end under 40 MB).
 """
 
 import time
@@ -15,6 +21,14 @@ import pytest
 from node_harness import Client, NodeProcess, sample_frames, stamp_ns, wait_until
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed (make setup installs the ROS 2 Jazzy wheels)")
+
+
+def _values(client: Client) -> dict[str, str]:
+    return {kv.key: kv.value for kv in client.diag[-1].values} if client.diag else {}
+
+
+def _ms(values: dict[str, str], key: str) -> float:
+    return float(values[key]) / 1e3
 
 
 def test_100hz_for_10s() -> None:
@@ -29,8 +43,12 @@ def test_100hz_for_10s() -> None:
             try:
                 assert client.wait_connected(60)
                 client.send_info(frames[0].info)
-                assert client.send_and_wait(frames[0].image, timeout=15) is not None  # warm
+                assert client.send_and_wait(frames[0].image, timeout=60) is not None  # warm (and a first scale)
                 client.outputs.clear()
+                client.sent.clear()
+                client.diag.clear()
+                assert wait_until(lambda: bool(client.diag), 10)
+                before = _values(client)  # the warm-up frame(s), from a diagnostics message sent after them
                 period, duration = 0.01, 10.0
                 t0 = time.monotonic()
                 rss = {}
@@ -50,39 +68,50 @@ def test_100hz_for_10s() -> None:
                     time.sleep(max(0.0, t0 + k * period - time.monotonic()))
                 sent_seconds = time.monotonic() - t0
                 rss["end"] = node.rss_bytes()
-                assert wait_until(lambda: time.monotonic() - max(o["t"] for o in client.outputs.values()) > 1.0, 10)
+                t_end = time.monotonic()
+
+                def settled() -> bool:  # every frame it received accounted for, in a diagnostics message
+                    v = _values(client)
+                    if not v:
+                        return False
+                    c = {k: int(v[k]) for k in ("frames received", "frames published", "frames dropped")}
+                    return c["frames received"] == c["frames published"] + c["frames dropped"] + int(
+                        v["frames without scale"]
+                    )
+
+                assert wait_until(settled, 60), _values(client)
+                time.sleep(1.0)  # the last outputs and one more diagnostics message
                 assert node.proc.poll() is None, node.output[-3000:]
             finally:
                 client.close()
+            values = _values(client)
             outs = sorted((o["t"], s) for s, o in client.outputs.items() if "t" in o)
             stamps = [s for _, s in outs]
             latency = np.array([t - client.sent[s] for t, s in outs])
-            in_rate = k / sent_seconds
-            out_rate = (len(outs) - 1) / (outs[-1][0] - outs[0][0])
-            first = latency[[i for i, (t, _) in enumerate(outs) if t - t0 < 1.0]]
-            last = latency[[i for i, (t, _) in enumerate(outs) if t - t0 > duration - 1.0]]
             growth = (rss["end"] - rss["start"]) / 2**20
-            print(
-                f"\nsent {k} frames at {in_rate:.1f} Hz; published {len(outs)} at {out_rate:.1f} Hz; latency p50 "
-                f"{1e3 * np.median(latency):.1f} ms, p95 {1e3 * np.percentile(latency, 95):.1f} ms; first second "
-                f"{1e3 * first.mean():.1f} ms, last second {1e3 * last.mean():.1f} ms; "
-                f"RSS {rss['start'] / 2**20:.1f} → {rss['end'] / 2**20:.1f} MiB ({growth:+.1f} MiB)"
+            received, published, dropped = (
+                int(values[key]) - int(before[key]) for key in ("frames received", "frames published", "frames dropped")
             )
-            assert in_rate > 80
-            assert out_rate <= in_rate * 1.05
-            assert len(outs) >= 20  # it keeps publishing, at its own rate
-            assert outs[-1][0] - t0 > duration - 1.0  # … to the end of the input
-            assert set(stamps) <= set(client.sent) and stamps == sorted(stamps)
-            assert np.percentile(latency, 95) < 0.5
-            assert last.mean() < first.mean() + 0.2
-            assert growth < 40
-            values = {kv.key: kv.value for kv in client.diag[-1].values}
-            keys = ("frames received", "frames published", "frames dropped", "frames without scale")
-            received, published, dropped, unscaled = (int(values[key]) for key in keys)
-            assert received >= 0.95 * k  # best effort: a loaded box may lose a few in DDS
-            assert int(values["frames refused (bad input)"]) == 0
-            # every frame was published, dropped for a newer one, or (first frames) waited for the scale
-            assert received - published - dropped - unscaled in (0, 1)
+            print(
+                f"\nsent {k} frames at {k / sent_seconds:.1f} Hz; the node received {received}, published {published}, "
+                f"dropped {dropped}; here {len(outs)} arrived; latency end to end p50 "
+                f"{1e3 * np.median(latency):.1f} ms, p95 {1e3 * np.percentile(latency, 95):.1f} ms; in the node "
+                f"p50 {values['latency p50 (ms)']} ms, max {values['latency max (ms)']} ms, frame time p50 "
+                f"{values['frame time p50 (ms)']} ms, max {values['frame time max (ms)']} ms, inference p50 "
+                f"{values['inference p50 (ms)']} ms; RSS {rss['start'] / 2**20:.1f} → {rss['end'] / 2**20:.1f} MiB "
+                f"({growth:+.1f} MiB)"
+            )
+            # only frames that were sent, in order, each output with its own header
+            assert outs and set(stamps) <= set(client.sent) and stamps == sorted(stamps)
             assert [stamp_ns(client.outputs[s]["depth"].header) for s in stamps] == stamps
+            # nothing queues: latency <= the frame in progress + its own frame (the node's own clock and figures)
+            assert _ms(values, "latency max (ms)") <= 2 * _ms(values, "frame time max (ms)") + 1e-3, values
+            # its processing rate: every received frame published or dropped for a newer one (checked in settled()),
+            # at most the input, and it kept publishing until the input stopped: the newest frame it got is published
+            assert 0 < published <= received <= k
+            # (frames sent last may be lost in transport, best effort, unnoticed: a loss shows when a later frame comes)
+            assert client.sent[stamps[-1]] >= t_end - 2 * _ms(values, "frame time max (ms)") - 0.5, values
+            assert int(values["frames refused (bad input)"]) == 0
+            assert growth < 40
     finally:
         rclpy.shutdown()

@@ -89,8 +89,8 @@ class Rig:
 
     def __enter__(self):
         self.spinner.__enter__()
-        assert wait_until(lambda: self.image_pub.get_subscription_count() > 0, 10)
-        assert wait_until(lambda: self.node.pub_depth.get_subscription_count() > 0, 10)
+        assert wait_until(lambda: self.image_pub.get_subscription_count() > 0, 30)
+        assert wait_until(lambda: self.node.pub_depth.get_subscription_count() > 0, 30)
         return self
 
     def __exit__(self, *exc):
@@ -114,12 +114,18 @@ class Rig:
 
 
 def test_newest_frame_only_under_a_fast_input(ros) -> None:
-    """100 Hz into a 20 Hz backend: most frames dropped and counted, published latency stays one frame deep."""
+    """100 Hz into a 20 Hz backend: most frames dropped and counted, published latency stays one frame deep.
+
+    Bounds are the node's guarantees against what it measured in this run (this process also runs the 100 Hz
+    publisher and the client, so the worker's speed varies): the backend runs at most once per 0.05 s of the
+    run, every received frame ran or was dropped, and no frame waited longer than the frame in progress.
+    """
     backend = FakeBackend(delay=0.05)
     with Rig("/worker_load", backend, scale_mode="none", diagnostics_period_s=0.2) as rig:
         rig.send(0)
-        assert wait_until(lambda: len(rig.depth) == 1, 5)
+        assert wait_until(lambda: len(rig.depth) == 1, 30)
         rig.depth.clear()
+        calls_before = backend.calls
         t0 = time.monotonic()
         k = 0
         while time.monotonic() - t0 < 2.0:
@@ -132,40 +138,38 @@ def test_newest_frame_only_under_a_fast_input(ros) -> None:
             st = rig.node.stats.snapshot()
             return st["received"] == st["dropped"] + st["published"] and len(rig.depth) == st["published"] - 1
 
-        assert wait_until(settled, 10), rig.node.stats.snapshot()
+        assert wait_until(settled, 60), rig.node.stats.snapshot()
+        elapsed = time.monotonic() - t0
         stats = rig.node.stats.snapshot()
         n_out = len(rig.depth)
-        assert stats["received"] >= 0.7 * k  # best effort: a loaded CI box may lose a few in DDS
-        # At most the backend's own rate, not the input's; at least a few (a loaded 2-core CI box slows the
-        # worker: the GIL is shared with this 100 Hz publisher and both nodes' executor).
-        assert 3 <= n_out <= 2.0 / 0.05 + 5, n_out
+        calls = backend.calls - calls_before
+        # in one process (Fast DDS delivers within the participant): every frame sent reached the node
+        assert stats["received"] == k + 1 and stats["lost"] == 0, (k, stats)
+        # at most the backend's own rate (it sleeps 0.05 s per call), not the input's, and at least one
+        assert 1 <= n_out == calls <= elapsed / 0.05 + 1, (n_out, calls, elapsed)
         assert stats["published"] == backend.calls, stats  # whatever ran was published
         assert n_out == stats["published"] - 1, (n_out, stats)  # and arrived (reliable; the first was cleared)
-        assert stats["dropped"] >= k // 2
         assert stats["received"] == stats["dropped"] + backend.calls  # every frame either ran or was dropped
+        assert stats["dropped"] >= k - calls
         stamps = [stamp_ns(m.header) for _, m in rig.depth]
         assert stamps == sorted(stamps) and set(stamps) <= set(rig.sent)
-        # The node's own latency (receive → publish) stays about one frame deep: a frame waits for at most the
-        # one in the backend (0.05 s here). A backlog of the ~100 frames sent, at ≥ 0.05 s each, would reach
-        # seconds by the end, with a median of seconds. The bound is loose because this client shares the
-        # process, the GIL and the executor with the node and the 100 Hz publisher, which stalls the worker
-        # now and then (median 0.06-0.31 s, p95 0.5-3 s measured on this 2-core machine); the
-        # separate-process load test (test_node_load.py) bounds the latency end to end.
-        assert stats["latency_p50_s"] < 1.0, stats
-        assert wait_until(lambda: rig.diag and int(rig.diag_value(rig.diag[-1], "frames dropped")) > 0, 3)
+        # The node's own latency (receive → publish) stays one frame deep: a frame waits at most for the one in
+        # progress, then its own (each >= 0.05 s here). A backlog of the ~100 frames sent would reach seconds.
+        assert stats["latency_max_s"] <= 2 * stats["frame_time_max_s"] + 1e-3, stats
+        assert wait_until(lambda: rig.diag and int(rig.diag_value(rig.diag[-1], "frames dropped")) > 0, 30)
 
 
 def test_backend_failure_turns_diagnostics_to_error_and_recovers(ros) -> None:
     backend = FakeBackend()
     with Rig("/worker_fault", backend, scale_mode="none", diagnostics_period_s=0.1, error_log_period_s=0.0) as rig:
         rig.send(1)
-        assert wait_until(lambda: len(rig.depth) == 1, 5)
-        assert wait_until(lambda: rig.diag and rig.diag[-1].level == DiagnosticStatus.OK, 3)
+        assert wait_until(lambda: len(rig.depth) == 1, 30)
+        assert wait_until(lambda: rig.diag and rig.diag[-1].level == DiagnosticStatus.OK, 30)
         backend.fail = True
         for s in range(2, 6):
             rig.send(s)
             time.sleep(0.05)
-        assert wait_until(lambda: rig.diag and rig.diag[-1].level == DiagnosticStatus.ERROR, 3)
+        assert wait_until(lambda: rig.diag and rig.diag[-1].level == DiagnosticStatus.ERROR, 30)
         status = rig.diag[-1]
         assert "simulated device failure" in status.message
         assert "simulated device failure" in rig.diag_value(status, "last error")
@@ -176,13 +180,13 @@ def test_backend_failure_turns_diagnostics_to_error_and_recovers(ros) -> None:
             st = rig.node.stats.snapshot()
             return st["received"] == 5 and st["backend_errors"] + st["dropped"] == 4
 
-        assert wait_until(all_failed, 5), rig.node.stats.snapshot()
+        assert wait_until(all_failed, 30), rig.node.stats.snapshot()
         assert len(rig.depth) == 1
         backend.fail = False
         rig.send(10)
-        assert wait_until(lambda: len(rig.depth) == 2, 5)
+        assert wait_until(lambda: len(rig.depth) == 2, 30)
         assert stamp_ns(rig.depth[-1][1].header) == 10
-        assert wait_until(lambda: rig.diag[-1].level == DiagnosticStatus.OK, 3)
+        assert wait_until(lambda: rig.diag[-1].level == DiagnosticStatus.OK, 30)
 
 
 def test_no_camera_info_publishes_nothing_and_warns(ros) -> None:
@@ -190,26 +194,26 @@ def test_no_camera_info_publishes_nothing_and_warns(ros) -> None:
         for s in range(5):
             rig.send(s, info=False)
             time.sleep(0.02)
-        assert wait_until(lambda: rig.node.stats.snapshot()["no_camera_info"] == 5, 3)
-        assert wait_until(lambda: rig.diag and rig.diag[-1].level == DiagnosticStatus.WARN, 3)
+        assert wait_until(lambda: rig.node.stats.snapshot()["no_camera_info"] == 5, 30)
+        assert wait_until(lambda: rig.diag and rig.diag[-1].level == DiagnosticStatus.WARN, 30)
         assert "no camera_info" in rig.diag[-1].message
         time.sleep(0.2)
         assert rig.depth == []
         rig.send(99)
-        assert wait_until(lambda: len(rig.depth) == 1, 5)
+        assert wait_until(lambda: len(rig.depth) == 1, 30)
 
 
 def test_warnings_and_errors_both_reach_the_log_and_the_worker_survives(ros, capfd) -> None:
     """A warning (no camera_info) then errors (bad frames) then a good frame: all logged, still serving."""
     with Rig("/worker_logs", FakeBackend(), scale_mode="none", error_log_period_s=0.0) as rig:
         rig.send(1, info=False)
-        assert wait_until(lambda: rig.node.stats.snapshot()["no_camera_info"] == 1, 5)
+        assert wait_until(lambda: rig.node.stats.snapshot()["no_camera_info"] == 1, 30)
         wrong = rclpy_camera_info(Intrinsics(160.0, 160.0, 159.5, 47.5, 640, 192), 2)
         assert publish_until(rig.info_pub, wrong, lambda: rig.node._info is not None)
         rig.image_pub.publish(rclpy_image(RGB, 2))  # 320×96 against a 640×192 camera_info
-        assert wait_until(lambda: rig.node.stats.snapshot()["bad_input"] == 1, 5)
+        assert wait_until(lambda: rig.node.stats.snapshot()["bad_input"] == 1, 30)
         rig.send(3)
-        assert wait_until(lambda: len(rig.depth) == 1, 5)
+        assert wait_until(lambda: len(rig.depth) == 1, 30)
         assert rig.node._worker.is_alive()
     err = capfd.readouterr().err
     assert "no camera_info received" in err
@@ -220,12 +224,12 @@ def test_runtime_parameters_apply_and_invalid_ones_are_refused(ros) -> None:
     backend = FakeBackend(height=0.15)
     with Rig("/worker_params", backend, camera_height_m=1.5, scale_smoothing=1.0) as rig:
         rig.send(1)
-        assert wait_until(lambda: len(rig.depth) == 1, 5)
+        assert wait_until(lambda: len(rig.depth) == 1, 30)
         assert rig.node.processor.scaler.scale == pytest.approx(10.0, rel=1e-3)
         res = rig.node.set_parameters([Parameter("camera_height_m", value=3.0)])
         assert res[0].successful
         rig.send(2)
-        assert wait_until(lambda: len(rig.depth) == 2, 5)
+        assert wait_until(lambda: len(rig.depth) == 2, 30)
         assert rig.node.processor.scaler.scale == pytest.approx(20.0, rel=1e-3)
         d1 = np.frombuffer(bytes(rig.depth[0][1].data), np.float32).reshape(48, 160)
         d2 = np.frombuffer(bytes(rig.depth[1][1].data), np.float32).reshape(48, 160)
@@ -244,23 +248,23 @@ def test_preview_only_while_subscribed(ros) -> None:
     with Rig("/worker_preview", FakeBackend(), scale_mode="none") as rig:
         previews = []
         rig.send(1)
-        assert wait_until(lambda: len(rig.depth) == 1, 5)
+        assert wait_until(lambda: len(rig.depth) == 1, 30)
         sub = rig.client.create_subscription(Image, "/worker_preview/depth/preview", previews.append, 10)
-        assert wait_until(lambda: rig.node.pub_preview.get_subscription_count() == 1, 5)
+        assert wait_until(lambda: rig.node.pub_preview.get_subscription_count() == 1, 30)
         rig.send(2)
-        assert wait_until(lambda: len(previews) == 1, 10)
+        assert wait_until(lambda: len(previews) == 1, 30)
         time.sleep(0.2)
         assert len(previews) == 1  # frame 1 had no preview: nobody was subscribed then
         p = previews[0]
         assert (p.encoding, p.width, p.height, stamp_ns(p.header)) == ("rgb8", 160, 48, 2)
         rig.client.destroy_subscription(sub)
-        assert wait_until(lambda: rig.node.pub_preview.get_subscription_count() == 0, 5)
+        assert wait_until(lambda: rig.node.pub_preview.get_subscription_count() == 0, 30)
 
 
 def test_outputs_copy_the_header_and_describe_the_published_resolution(ros) -> None:
     with Rig("/worker_header", FakeBackend(), scale_mode="none") as rig:
         rig.send(1_234_567_890_123)
-        assert wait_until(lambda: rig.depth and rig.infos, 5)
+        assert wait_until(lambda: rig.depth and rig.infos, 30)
         depth, info = rig.depth[0][1], rig.infos[0]
         assert depth.header == info.header
         assert (depth.header.frame_id, stamp_ns(depth.header)) == ("camera_optical_frame", 1_234_567_890_123)

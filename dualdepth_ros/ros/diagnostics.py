@@ -2,7 +2,12 @@
 
 :class:`NodeStats` is plain Python (thread-safe counters, rate meters over a sliding window,
 latency percentiles over the last frames); :func:`diagnostic_status` turns a snapshot into a
-``diagnostic_msgs/DiagnosticStatus``. Levels:
+``diagnostic_msgs/DiagnosticStatus``. Latency is the node's own (image callback → published); the
+frame time is the worker's time per frame (from when it could start — the frame's arrival or the end
+of the previous frame — to the end of its road-plane fit), which bounds it: a frame waits in the
+one-slot mailbox at most for the frame in progress, so its latency is at most two frame times (the
+guarantee that nothing queues; the tests check it against these figures, over the last frames).
+Levels:
 
 * ERROR — the backend failed on the last frame it ran (until an inference succeeds again);
 * WARN  — images arrive but no camera_info; frames were lost in transport (DDS dropped them before
@@ -70,6 +75,9 @@ class NodeStats:
         self._output = RateMeter(window)
         self._latency: collections.deque[float] = collections.deque(maxlen=latency_frames)
         self._inference: collections.deque[float] = collections.deque(maxlen=latency_frames)
+        # twice as long as the latency window: it holds the frame before the oldest frame whose latency is kept
+        self._frame_time: collections.deque[float] = collections.deque(maxlen=2 * latency_frames)
+        self._frames_done = 0
         self._window = window
         self.backend_failing = False
         self.last_error = ""
@@ -142,6 +150,12 @@ class NodeStats:
             self._latency.append(t - t_received)
             self._inference.append(inference_s)
 
+    def frame_done(self, seconds: float) -> None:
+        """The worker finished a frame (processed, published or refused, and the road-plane fit) in ``seconds``."""
+        with self._lock:
+            self._frames_done += 1
+            self._frame_time.append(seconds)
+
     def inference_ok(self) -> None:
         """The backend ran a frame successfully (even if the frame was not published)."""
         with self._lock:
@@ -155,6 +169,7 @@ class NodeStats:
                 self._lost.popleft()
             lat = np.array(self._latency, dtype=np.float64)
             inf = np.array(self._inference, dtype=np.float64)
+            frame = np.array(self._frame_time, dtype=np.float64)
             recent = self._window
             # frames that reached the node but were replaced in its DDS queue before the callback took them
             superseded = max(0, self._sequence_gaps - self.counters.lost)
@@ -168,7 +183,12 @@ class NodeStats:
                 "output_rate_hz": self._output.rate(now),
                 "latency_p50_s": float(np.percentile(lat, 50)) if lat.size else None,
                 "latency_p95_s": float(np.percentile(lat, 95)) if lat.size else None,
+                "latency_max_s": float(lat.max()) if lat.size else None,
                 "inference_p50_s": float(np.percentile(inf, 50)) if inf.size else None,
+                "frame_time_p50_s": float(np.percentile(frame, 50)) if frame.size else None,
+                "frame_time_p95_s": float(np.percentile(frame, 95)) if frame.size else None,
+                "frame_time_max_s": float(frame.max()) if frame.size else None,
+                "frames_done": self._frames_done,
                 "backend_failing": self.backend_failing,
                 "last_error": self.last_error,
                 "last_error_age_s": None if self.last_error_time is None else now - self.last_error_time,
@@ -210,7 +230,12 @@ def key_values(
         "output rate (Hz)": _fmt(snapshot["output_rate_hz"]),
         "latency p50 (ms)": ms(snapshot["latency_p50_s"]),
         "latency p95 (ms)": ms(snapshot["latency_p95_s"]),
+        "latency max (ms)": ms(snapshot["latency_max_s"]),
         "inference p50 (ms)": ms(snapshot["inference_p50_s"]),
+        "frame time p50 (ms)": ms(snapshot["frame_time_p50_s"]),
+        "frame time p95 (ms)": ms(snapshot["frame_time_p95_s"]),
+        "frame time max (ms)": ms(snapshot["frame_time_max_s"]),
+        "frames processed": _fmt(snapshot["frames_done"]),
         "frames received": _fmt(snapshot["received"]),
         "frames published": _fmt(snapshot["published"]),
         "frames dropped": _fmt(snapshot["dropped"]),

@@ -306,14 +306,21 @@ class DepthNode(Node):
 
     # -- worker ----------------------------------------------------------------------------
     def _run_worker(self) -> None:
+        finished = 0.0
         while True:
             item = self._slot.get()
             if item is None:
                 return
+            # The frame could start when it arrived or when the previous one finished, whichever is later; its
+            # frame time runs from then (the worker's wake-up included) to the end of its road-plane fit. A frame
+            # that arrives during another one waits at most for that one: latency <= two frame times.
+            start = max(item[2], finished)
             try:
                 self.process_item(*item)
             except Exception as err:  # noqa: BLE001 - the worker must outlive anything (even a logging failure)
                 print(f"[depth_node] worker: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+            finished = time.monotonic()
+            self.stats.frame_done(finished - start)
 
     def process_item(self, msg: Any, info: Any, t_received: float) -> FrameOutput | None:
         """Run one frame and publish it; every failure is logged and counted, never raised."""
