@@ -3,6 +3,7 @@ scaling, validity masks, camera_info at the published resolution, and how errors
 """
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from node_harness import FakeBackend, road_depth
 
 from dualdepth_ros.bagio import camera_info_msg, compressed_image_msg, image_msg
+from dualdepth_ros.errors import DualDepthError
 from dualdepth_ros.geometry import Intrinsics
 from dualdepth_ros.preprocess import PreprocessError
 from dualdepth_ros.ros.params import OutputSettings, ParameterError
@@ -174,6 +176,7 @@ class Blocked(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, Blocked())
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -212,3 +215,22 @@ def test_the_node_runtime_path_imports_neither_torch_nor_rosbags(repo_root) -> N
     proc = subprocess.run([sys.executable, "-c", NODE_TORCH_FREE, model], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["False", "False"]
+
+
+def test_a_model_folder_not_derived_yet_is_exported_from_its_checkpoint_beside_it(tmp_path) -> None:
+    """A fresh clone has models/NAME.pt and no models/NAME/: the node and `infer` derive the folder at first use."""
+    import shutil
+
+    from dualdepth_ros.ros.params import DEFAULTS
+    from dualdepth_ros.ros.processing import open_model_backend
+
+    repo = Path(__file__).resolve().parents[1]
+    shutil.copy(repo / "models" / "dualdepth_default.pt", tmp_path / "mine.pt")
+    lines: list[str] = []
+    params = {**DEFAULTS, "model_path": str(tmp_path / "mine"), "backend": "onnxruntime", "threads": 1}
+    backend = open_model_backend(params, log=lines.append)
+    assert (tmp_path / "mine" / "model.onnx").is_file() and (tmp_path / "mine" / "model.json").is_file()
+    assert any("mine.pt" in line for line in lines), lines
+    assert backend.metadata.input_width == 160
+    with pytest.raises(DualDepthError, match="does not exist"):
+        open_model_backend({**params, "model_path": str(tmp_path / "absent")})

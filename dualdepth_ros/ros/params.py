@@ -156,7 +156,13 @@ PARAMETERS: tuple[Param, ...] = (
     ),
     # -- QoS (start only) ----------------------------------------------------------------
     Param("qos_input_reliability", "best_effort", "image and camera_info subscriptions", choices=RELIABILITIES),
-    Param("qos_input_depth", 5, "image and camera_info subscription queue depth", low=1, high=1000),
+    Param(
+        "qos_input_depth",
+        1,
+        "image and camera_info subscription queue depth (1: only the newest frame waits for the callback)",
+        low=1,
+        high=1000,
+    ),
     Param("qos_output_reliability", "reliable", "depth, confidence, camera_info publishers", choices=RELIABILITIES),
     Param("qos_output_durability", "volatile", "depth, confidence, camera_info publishers", choices=DURABILITIES),
     Param("qos_output_depth", 5, "publisher queue depth", low=1, high=1000),
@@ -265,11 +271,12 @@ def default_model_dir() -> Path:
 
     From a source checkout (this file under ``<repo>/dualdepth_ros/ros/``): ``<repo>/models/
     dualdepth_default``. Installed (colcon): ``share/dualdepth_ros/models/dualdepth_default``
-    found through the ament index. Returns the source path when neither exists, so the error
-    that follows names a real candidate.
+    found through the ament index. A source checkout whose folder is not derived yet but holds
+    ``models/dualdepth_default.pt`` gets the source path (the folder is exported from it at first
+    use). Returns the source path when neither exists, so the error that follows names a real candidate.
     """
     source = Path(__file__).resolve().parents[2] / "models" / "dualdepth_default"
-    if source.is_dir():
+    if source.is_dir() or source.with_name(source.name + ".pt").is_file():  # the folder, or its checkpoint
         return source
     try:
         from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
@@ -277,6 +284,6 @@ def default_model_dir() -> Path:
         return source
     try:
         share = Path(get_package_share_directory("dualdepth_ros")) / "models" / "dualdepth_default"
-    except (PackageNotFoundError, ValueError, LookupError):
+    except (PackageNotFoundError, ValueError, LookupError, OSError):
         return source
     return share if share.is_dir() else source

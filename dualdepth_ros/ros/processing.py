@@ -286,8 +286,10 @@ def open_model_backend(params: dict[str, Any], log: Callable[[str], None] | None
     ------
     DualDepthError : missing, corrupt or mismatched model; unavailable backend.
     """
+    from ..inference.derive import checkpoint_beside
+
     model_dir = Path(params["model_path"]) if params["model_path"] else default_model_dir()
-    if not model_dir.exists():
+    if not model_dir.exists() and checkpoint_beside(model_dir) is None:  # NAME.pt beside it: derived at first use
         raise DualDepthError(
             f"model folder {model_dir} does not exist (set model_path to a folder with model.onnx and model.json"
             + ("; the default model is made by `make export-default`" if not params["model_path"] else "")
