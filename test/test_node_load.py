@@ -98,8 +98,9 @@ def test_100hz_for_10s() -> None:
                 f"{1e3 * np.median(latency):.1f} ms, p95 {1e3 * np.percentile(latency, 95):.1f} ms; in the node "
                 f"p50 {values['latency p50 (ms)']} ms, max {values['latency max (ms)']} ms, frame time p50 "
                 f"{values['frame time p50 (ms)']} ms, max {values['frame time max (ms)']} ms, inference p50 "
-                f"{values['inference p50 (ms)']} ms; RSS {rss['start'] / 2**20:.1f} → {rss['end'] / 2**20:.1f} MiB "
-                f"({growth:+.1f} MiB)"
+                f"{values['inference p50 (ms)']} ms, waiting in its DDS queue p95 {values['queue wait p95 (ms)']} "
+                f"ms, max {values['queue wait max (ms)']} ms; RSS {rss['start'] / 2**20:.1f} → "
+                f"{rss['end'] / 2**20:.1f} MiB ({growth:+.1f} MiB)"
             )
             # only frames that were sent, in order, each output with its own header
             assert outs and set(stamps) <= set(client.sent) and stamps == sorted(stamps)

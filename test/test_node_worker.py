@@ -194,7 +194,10 @@ def test_no_camera_info_publishes_nothing_and_warns(ros) -> None:
         for s in range(5):
             rig.send(s, info=False)
             time.sleep(0.02)
-        assert wait_until(lambda: rig.node.stats.snapshot()["no_camera_info"] == 5, 30)
+        # each counted as without camera_info, or (a busy executor) replaced by the next one in the DDS queue
+        assert wait_until(
+            lambda: (lambda st: st["no_camera_info"] + st["dropped_in_queue"] == 5)(rig.node.stats.snapshot()), 30
+        )
         assert wait_until(lambda: rig.diag and rig.diag[-1].level == DiagnosticStatus.WARN, 30)
         assert "no camera_info" in rig.diag[-1].message
         time.sleep(0.2)
@@ -274,3 +277,77 @@ def test_outputs_copy_the_header_and_describe_the_published_resolution(ros) -> N
         np.testing.assert_allclose(info.p, [80, 0, 79.5, 0, 0, 80, 23.5, 0, 0, 0, 1, 0])
         np.testing.assert_allclose(info.r, np.eye(3).ravel())
         assert list(info.d) == [0.0] * 5
+
+
+@pytest.mark.parametrize("depth", [1, 5])
+def test_only_the_newest_frame_waits_for_the_callback(ros, depth: int) -> None:
+    """Frames that arrive while the node's executor is busy wait in the subscription's DDS queue.
+
+    With the default ``qos_input_depth`` (1) only the newest one waits there: the callback gets it and the
+    older ones count as received and dropped, so a busy executor adds no backlog in front of the mailbox.
+    With keep-last 5 the executor would take the oldest of five first (that frame already stale by four
+    input periods) and convert each to Python only to drop it: the depth-5 case shows the difference.
+    """
+    from rclpy.executors import SingleThreadedExecutor
+
+    from dualdepth_ros.ros.qos import profile
+
+    ns = f"/worker_newest_{depth}"
+    params = [Parameter("scale_mode", value="none")]
+    if depth != 1:
+        params.append(Parameter("qos_input_depth", value=depth))
+    node = DepthNode(namespace=ns, backend=FakeBackend(), parameter_overrides=params)
+    assert node.params["qos_input_depth"] == depth  # 1 is the default
+    client = rclpy.create_node(f"client_newest_{depth}")
+    camera_qos = profile("best_effort", 5)  # a camera driver's publisher
+    image_pub = client.create_publisher(Image, f"{ns}/image", camera_qos)
+    info_pub = client.create_publisher(CameraInfo, f"{ns}/camera_info", camera_qos)
+    published: list[int] = []
+    client.create_subscription(Image, f"{ns}/depth/image", lambda m: published.append(stamp_ns(m.header)), 50)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    executor.add_node(client)
+
+    def spin(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            executor.spin_once(timeout_sec=0.02)
+
+    try:
+        assert wait_until(lambda: image_pub.get_subscription_count() and info_pub.get_subscription_count(), 30)
+        deadline = time.monotonic() + 30
+        while node._info is None and time.monotonic() < deadline:
+            info_pub.publish(rclpy_camera_info(CAM, 0))
+            spin(0.1)
+        assert node._info is not None
+        image_pub.publish(rclpy_image(RGB, 0))  # a first frame: the node counts the publisher's frames from it on
+        deadline = time.monotonic() + 30
+        while 0 not in published and time.monotonic() < deadline:
+            spin(0.1)
+        assert published == [0]
+        before = node.stats.snapshot()
+        # the executor is "busy" (not spinning) while ten frames arrive
+        for stamp in range(1, 11):
+            image_pub.publish(rclpy_image(RGB, stamp))
+            time.sleep(0.005)
+        time.sleep(0.5)  # all delivered into the subscription's queue
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            spin(0.3)
+            st = node.stats.snapshot()
+            if published[-1] == 10 and st["received"] - before["received"] == 10:
+                break
+        st = node.stats.snapshot()
+        taken = st["received"] - st["dropped_in_queue"] - (before["received"] - before["dropped_in_queue"])
+        assert st["received"] - before["received"] == 10, st  # every frame reached the node …
+        assert st["lost"] == 0
+        assert published and published[-1] == 10  # … and the newest was published
+        if depth == 1:
+            assert taken == 1 and published == [0, 10], (taken, published)  # only the newest waited for the callback
+            assert st["dropped_in_queue"] - before["dropped_in_queue"] == 9
+        else:
+            assert taken == depth, (taken, published)  # the executor took `depth` frames, the oldest first
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        client.destroy_node()

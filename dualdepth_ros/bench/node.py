@@ -93,6 +93,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bag", default="test/data/sample_drive", help="frames to send (default: the sample drive)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("--rate", type=float, help="load/delivery: frames per second sent (default 100 / 30)")
+    parser.add_argument(
+        "--node-param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="load/delivery: a depth_node parameter (repeatable), e.g. qos_input_depth=5",
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="load: seconds of input (default 10)")
     parser.add_argument(
         "--delivery-sizes",
@@ -335,6 +342,16 @@ def _measure(model_dir: Path, args: argparse.Namespace, frames: list[Any], info:
     return {"backend": backend_t, "node": node_t, "diag": node.diag if node else {}, "describe": desc}
 
 
+def _node_params(args: argparse.Namespace) -> dict[str, str]:
+    out = {}
+    for item in args.node_param:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise DualDepthError(f"--node-param takes NAME=VALUE, got {item!r}")
+        out[name.strip()] = value.strip()
+    return out
+
+
 def _rss_bytes(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -354,7 +371,7 @@ def _load(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     stream = load_stream(args.bag)
     model_dir = Path(args.model) if args.model else default_model_dir()
     log(f"load: {len(stream.frames)} sample frames at {rate:g} Hz for {args.seconds:g} s into depth_node …")
-    node = _NodeUnderTest(model_dir, args, stream.frames[0].info, {"diagnostics_period_s": 0.5})
+    node = _NodeUnderTest(model_dir, args, stream.frames[0].info, {"diagnostics_period_s": 0.5, **_node_params(args)})
     try:
         warm = stream.frames[0].image
         for _ in range(20):  # a first depth (camera_height: after the first road plane)
@@ -403,8 +420,15 @@ def _load(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         "e2e_ms": {"p50": _pct(list(lat), 50), "p95": _pct(list(lat), 95)} if lat.size else None,
         "e2e_first_second_ms": 1e3 * float(np.mean(first)) if first else None,
         "e2e_last_second_ms": 1e3 * float(np.mean(last)) if last else None,
-        "node_latency_ms": {"p50": after.get("latency p50 (ms)"), "p95": after.get("latency p95 (ms)")},
+        "node_latency_ms": {
+            "p50": after.get("latency p50 (ms)"),
+            "p95": after.get("latency p95 (ms)"),
+            "max": after.get("latency max (ms)"),
+        },
         "node_inference_p50_ms": after.get("inference p50 (ms)"),
+        "node_frame_time_ms": {"p50": after.get("frame time p50 (ms)"), "max": after.get("frame time max (ms)")},
+        "node_queue_wait_ms": {"p95": after.get("queue wait p95 (ms)"), "max": after.get("queue wait max (ms)")},
+        "node_params": _node_params(args),
         "rss_mib": [None if v is None else v / 2**20 for v in (rss_start, rss_end)],
     }
 
@@ -438,7 +462,7 @@ def _delivery(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         f"delivery: {args.frames_per_size} rgb8 frames per size at {rate:g} Hz, best effort keep-last 5; node DDS "
         f"profile {args.dds_profile}, publisher {args.publisher_profile}; net.core.rmem_max {dds.rmem_max()} B"
     )
-    params = {"scale_mode": "none", "diagnostics_period_s": 0.25}
+    params = {"scale_mode": "none", "diagnostics_period_s": 0.25, **_node_params(args)}
     node = _NodeUnderTest(model_dir, args, stream.frames[0].info, params, env=node_env)
     rows = []
     try:
@@ -509,7 +533,10 @@ def _run_other_mode(args: argparse.Namespace) -> int:
             f"published {r['node_published']} ({r['output_rate_hz']:.1f} Hz here), dropped {r['node_dropped']} "
             f"for newer frames\nlatency end to end p50 {e2e['p50']:.1f} ms, p95 {e2e['p95']:.1f} ms (first second "
             f"{first:.1f} ms, last second {last:.1f} ms); inside the node p50 {inside['p50']} ms, p95 "
-            f"{inside['p95']} ms, inference p50 {r['node_inference_p50_ms']} ms; RSS {rss[0]:.1f} -> {rss[1]:.1f} MiB"
+            f"{inside['p95']} ms, max {inside['max']} ms, inference p50 {r['node_inference_p50_ms']} ms, frame time "
+            f"p50 {r['node_frame_time_ms']['p50']} ms, max {r['node_frame_time_ms']['max']} ms; waiting in its DDS "
+            f"queue p95 {r['node_queue_wait_ms']['p95']} ms, max {r['node_queue_wait_ms']['max']} ms; RSS "
+            f"{rss[0]:.1f} -> {rss[1]:.1f} MiB" + (f" (node parameters {r['node_params']})" if r["node_params"] else "")
         )
         return 0
     print("\n| size | sent | received by the node | lost in transport (reported) | published |")

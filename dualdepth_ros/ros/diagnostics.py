@@ -7,7 +7,8 @@ frame time is the worker's time per frame (from when it could start — the fram
 of the previous frame — to the end of its road-plane fit), which bounds it: a frame waits in the
 one-slot mailbox at most for the frame in progress, so its latency is at most two frame times (the
 guarantee that nothing queues; the tests check it against these figures, over the last frames).
-Levels:
+The queue wait is the time a frame spent in the subscription's DDS queue before the callback (with
+``qos_input_depth`` 1 only the newest frame waits there). Levels:
 
 * ERROR — the backend failed on the last frame it ran (until an inference succeeds again);
 * WARN  — images arrive but no camera_info; frames were lost in transport (DDS dropped them before
@@ -86,11 +87,13 @@ class NodeStats:
         self._last_no_info: float | None = None
         self._lost: collections.deque[tuple[float, int]] = collections.deque()
         self._taken = 0  # frames the image callback got
+        self._queue_wait: collections.deque[float] = collections.deque(maxlen=latency_frames)
         self._sequence_gaps = 0  # frames of the publisher that never reached the callback
         self._last_sequence: int | None = None
 
-    def received(self, t: float, sequence: int | None = None) -> None:
-        """A frame reached the image callback at ``t``; ``sequence``: its publication sequence number, if known.
+    def received(self, t: float, sequence: int | None = None, queue_wait: float | None = None) -> None:
+        """A frame reached the image callback at ``t``; ``sequence``: its publication sequence number, if known;
+        ``queue_wait``: seconds it waited in the subscription's DDS queue before the callback, if known.
 
         Frames the publisher sent between two that reached the callback were either lost in transport
         (:meth:`lost`) or replaced by a newer frame in the subscription's DDS queue (keep-last): the second
@@ -100,6 +103,8 @@ class NodeStats:
         with self._lock:
             self._taken += 1
             self._input.add(t)
+            if queue_wait is not None:
+                self._queue_wait.append(queue_wait)
             if sequence is not None:
                 if self._last_sequence is not None and sequence > self._last_sequence:
                     self._sequence_gaps += sequence - self._last_sequence - 1
@@ -170,6 +175,7 @@ class NodeStats:
             lat = np.array(self._latency, dtype=np.float64)
             inf = np.array(self._inference, dtype=np.float64)
             frame = np.array(self._frame_time, dtype=np.float64)
+            wait = np.array(self._queue_wait, dtype=np.float64)
             recent = self._window
             # frames that reached the node but were replaced in its DDS queue before the callback took them
             superseded = max(0, self._sequence_gaps - self.counters.lost)
@@ -189,6 +195,8 @@ class NodeStats:
                 "frame_time_p95_s": float(np.percentile(frame, 95)) if frame.size else None,
                 "frame_time_max_s": float(frame.max()) if frame.size else None,
                 "frames_done": self._frames_done,
+                "queue_wait_p95_s": float(np.percentile(wait, 95)) if wait.size else None,
+                "queue_wait_max_s": float(wait.max()) if wait.size else None,
                 "backend_failing": self.backend_failing,
                 "last_error": self.last_error,
                 "last_error_age_s": None if self.last_error_time is None else now - self.last_error_time,
@@ -236,6 +244,8 @@ def key_values(
         "frame time p95 (ms)": ms(snapshot["frame_time_p95_s"]),
         "frame time max (ms)": ms(snapshot["frame_time_max_s"]),
         "frames processed": _fmt(snapshot["frames_done"]),
+        "queue wait p95 (ms)": ms(snapshot["queue_wait_p95_s"]),
+        "queue wait max (ms)": ms(snapshot["queue_wait_max_s"]),
         "frames received": _fmt(snapshot["received"]),
         "frames published": _fmt(snapshot["published"]),
         "frames dropped": _fmt(snapshot["dropped"]),

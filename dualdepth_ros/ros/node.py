@@ -287,11 +287,16 @@ class DepthNode(Node):
 
         ``message_info["publication_sequence_number"]`` tells how many frames of the publisher never reached
         this callback: lost in transport (the ``message_lost`` event counts those) or replaced by a newer
-        frame in the subscription's queue (:meth:`NodeStats.sequence`).
+        frame in the subscription's queue; ``message_info["received_timestamp"]`` how long this one waited
+        in that queue (:meth:`NodeStats.received`).
         """
         t = time.monotonic()
-        seq = message_info.get("publication_sequence_number") if isinstance(message_info, dict) else None
-        self.stats.received(t, seq if isinstance(seq, int) and seq > 0 else None)
+        now_ns = time.time_ns()
+        info_ = message_info if isinstance(message_info, dict) else {}
+        seq, arrived_ns = info_.get("publication_sequence_number"), info_.get("received_timestamp")
+        # how long the frame waited in the subscription's DDS queue (DDS stamps its arrival on the system clock)
+        wait = max(0.0, (now_ns - arrived_ns) / 1e9) if isinstance(arrived_ns, int) and arrived_ns > 0 else None
+        self.stats.received(t, seq if isinstance(seq, int) and seq > 0 else None, wait)
         info = self._info
         if info is None:
             self.stats.no_camera_info()

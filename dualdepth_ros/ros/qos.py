@@ -1,8 +1,11 @@
 """QoS profiles of the node, from its ``qos_*`` parameters.
 
-Defaults follow design.md: subscribe like ``qos_profile_sensor_data`` (best effort, keep last
-5, volatile), which receives from both best-effort and reliable cameras; publish reliable,
-which best-effort and reliable subscribers (rviz, recorders) both receive.
+Defaults follow design.md: subscribe best effort and volatile like ``qos_profile_sensor_data``,
+which receives from both best-effort and reliable cameras, but keep only the last frame
+(``qos_input_depth`` 1): the node runs the newest frame, so an older one waiting in the DDS queue
+behind it would only be taken, converted to Python and dropped (with keep-last 5 a frame could wait
+behind four older ones); publish reliable, which best-effort and reliable subscribers (rviz,
+recorders) both receive.
 """
 
 from __future__ import annotations
