@@ -145,6 +145,27 @@ REAL_DATA ?= $(abspath ../shared/data)
 real-eval: setup
 	$(VENV)/bin/dualdepth real-eval --model $(MODEL) --data $(REAL_DATA) --json runs/real_eval.json
 
+# A GPU run in one command (README, "GPU run"). gpu-cache decodes the real drives of REAL_DATA into GPU_CACHE
+# (< 20 MiB; runs/ is ignored, so it travels as a carried path, outside the tracked files); gpu-wheels fetches
+# the wheels a bare CUDA image lacks (rosbags and its needs, for Python GPU_PYTHON) into .whl/ (ignored, carried);
+# gpu-run runs scripts/gpu_run.sh (GPU_RUN_ARGS="--device cpu --smoke" checks it on a CPU).
+GPU_CACHE    ?= runs/gpu_cache
+GPU_RUN_OUT  ?= runs/gpu_run
+GPU_RUN_ARGS ?=
+GPU_PYTHON   ?= 3.12
+.PHONY: gpu-cache gpu-wheels gpu-run
+gpu-cache: setup
+	$(VENV)/bin/dualdepth gpu-cache --data $(REAL_DATA) --out $(GPU_CACHE) --overwrite
+
+gpu-wheels:
+	$(PYTHON) -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+	  --python-version $(GPU_PYTHON) --implementation cp --platform manylinux_2_28_x86_64 \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+	  rosbags==0.11.9 apsw==3.54.1.0 backports.zstd==1.8.0 lz4==4.4.5 ruamel.yaml==0.19.1 2>&1 | $(PIP_FILTER)
+
+gpu-run:
+	scripts/gpu_run.sh --out $(GPU_RUN_OUT) --cache $(GPU_CACHE) $(GPU_RUN_ARGS)
+
 # The learning ladder (docs/ladder.md): each network replaced by ground truth in turn, held-out curves by step.
 ladder: setup data
 	$(VENV)/bin/dualdepth ablate --variants ladder $(foreach b,$(TRAIN_BAGS),--bag $(b)) --heldout $(HELDOUT_BAG) \

@@ -27,6 +27,7 @@ from .errors import DualDepthError
 COMMANDS: dict[str, tuple[str, str]] = {
     "make-sample": ("dualdepth_ros.synth.record", "render a synthetic drive and record it as a rosbag2"),
     "kitti-to-bag": ("dualdepth_ros.data.kitti", "convert a KITTI raw *_sync drive to a rosbag2 (LiDAR depth, poses)"),
+    "gpu-cache": ("dualdepth_ros.data.gpu_cache", "decode the real drives into a small folder that travels (GPU runs)"),
     "train": ("dualdepth_ros.training.cli", "train the depth and pose networks from rosbags (self-supervised)"),
     "pack": ("dualdepth_ros.training.pack", "strip a training checkpoint into a small model file to ship"),
     "ablate": ("dualdepth_ros.ablation", "run the ablation study (equal budget) and write its table"),

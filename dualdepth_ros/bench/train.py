@@ -75,6 +75,7 @@ def _measure(bag: str, configs: list[str], size: tuple[int, int], args: argparse
                 times.append(time.perf_counter() - t0)
         peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     step_s = sorted(times)[len(times) // 2]
+    plan = trainer.memory_plan  # the trainer's own trial steps on 1 and 2 clips (GPU: the allocator's peak)
     return {
         "size": f"{w}x{h}",
         "batch": args.batch_size,
@@ -82,6 +83,9 @@ def _measure(bag: str, configs: list[str], size: tuple[int, int], args: argparse
         "median_step_s": step_s,
         "clips_per_s": args.batch_size / step_s,
         "peak_gpu_mib": peak,
+        "per_clip_mib": plan.per_clip / 2**20 if plan is not None else None,
+        "fixed_mib": plan.fixed / 2**20 if plan is not None else None,
+        "micro_batch": trainer.micro_batch,
     }
 
 

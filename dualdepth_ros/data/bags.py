@@ -134,6 +134,8 @@ def expand_bag_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> 
     ------
     BagError : a path does not exist, or a folder holds no bag.
     """
+    from .gpu_cache import is_cached_drive  # a drive decoded by `dualdepth gpu-cache` counts as a bag
+
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     out: list[Path] = []
@@ -141,13 +143,13 @@ def expand_bag_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> 
         p = Path(raw).expanduser()
         if not p.exists():
             raise BagError(f"bag {p} does not exist")
-        if p.is_file() or (p / "metadata.yaml").exists():
+        if p.is_file() or (p / "metadata.yaml").exists() or is_cached_drive(p):
             out.append(p)
             continue
         inner = sorted(
             c
             for c in p.iterdir()
-            if (c.is_dir() and (c / "metadata.yaml").exists())
+            if (c.is_dir() and ((c / "metadata.yaml").exists() or is_cached_drive(c)))
             or (c.is_file() and c.suffix in (".bag", ".mcap", ".db3"))
         )
         if not inner:
@@ -605,6 +607,10 @@ def resolve_gt_topics(
     """
     preferred = dict(preferred or {})
     given = {"gt_depth": gt_depth_topic, "gt_pose": gt_pose_topic, "gt_moving_mask": gt_moving_mask_topic}
+    from .gpu_cache import cached_gt_topics, is_cached_drive
+
+    if is_cached_drive(bag_path):  # a drive decoded by `dualdepth gpu-cache`: the ground truth it holds
+        return cached_gt_topics(bag_path, given, require_depth=require_depth)
     out: dict[str, str | None] = {}
     notes: dict[str, str] = {}
     with Bag(bag_path) as bag:

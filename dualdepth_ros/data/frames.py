@@ -657,6 +657,10 @@ def load_frames(
         "gt_moving_mask": gt_moving_mask_topic,
         "rectify_gt": bool(rectify_gt),
     }
+    from .gpu_cache import is_cached_drive, load_cached_drive
+
+    if is_cached_drive(bag_path):  # already decoded by `dualdepth gpu-cache` (the same frames, no bag needed)
+        return load_cached_drive(bag_path, preprocessor, request)
     if cache_dir is None:
         return _build(bag_path, preprocessor, request, None, progress)
     fingerprint = bag_fingerprint(bag_path)
