@@ -39,6 +39,7 @@ setup(
         ("share/" + package_name + "/config/ablations", files("config/ablations/*.yaml")),
         ("share/" + package_name + "/config/ladder", files("config/ladder/*.yaml")),
         ("share/" + package_name + "/config/bench", files("config/bench/*.yaml")),
+        ("share/" + package_name + "/config/dds", files("config/dds/*.xml")),
         ("share/" + package_name + "/models", files("models/*.*")),
         ("share/" + package_name + "/models/dualdepth_default", derived_model("models/dualdepth_default")),
     ],
