@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -77,7 +79,11 @@ def test_the_cpu_smoke_run_writes_a_complete_summary(smoke_cache, tmp_path) -> N
     (label, size), *_ = stages["inference"]["sizes"].items()
     assert label == "160x48"
     rows = size["configs"]
-    assert rows["torch cpu fp32 eager"]["vs_fp32_eager"] == 1.0
+    assert (
+        rows["torch cpu fp32 eager"]["vs_fp32_eager"] == 1.0 and rows["torch cpu fp32 eager"]["depth_rel_diff_p99"] == 0
+    )
+    assert rows["onnxruntime cpu fp32"]["depth_rel_diff_p99"] < 1e-4  # the same net
+    assert 0 < rows["torch cpu bf16 autocast eager"]["depth_rel_diff_p50"] < 0.1  # bf16 keeps ~3 digits
     for name in ("onnxruntime cpu fp32", "torch cpu bf16 autocast eager", "torch cpu fp16 autocast eager"):
         assert rows[name]["p50_ms"] > 0 and rows[name]["p95_ms"] >= rows[name]["p50_ms"] and rows[name]["vs_fp32_eager"]
     assert rows["torch cpu fp32 CUDA graph (eager kernels)"] == {"skipped": "CUDA graphs need CUDA"}
@@ -121,6 +127,43 @@ def test_a_stage_past_its_deadline_is_stopped_and_the_run_goes_on(smoke_cache, t
     assert stages["environment"]["status"] == "ok"
     assert all(stages[name]["status"] == "skipped" for name in skip)
     assert check_summary(summary, tuple(skip)) == []
+
+
+def test_the_training_run_is_stopped_with_sigint_before_its_deadline(smoke_cache, tmp_path, monkeypatch) -> None:
+    """The stop itself (the trainer saving on SIGINT is test_cli_errors' and the trainer's tests)."""
+    run = tmp_path / "train"
+    waited = {}
+
+    def trainer(argv: list[str], log) -> tuple[int, str]:  # stands in for `dualdepth train`: waits for SIGINT
+        stop = threading.Event()
+        previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+        t0 = time.monotonic()
+        try:
+            assert stop.wait(30)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        waited["s"], waited["argv"] = time.monotonic() - t0, argv
+        run.mkdir()
+        (run / "last.pt").write_bytes(b"checkpoint")
+        (run / "metrics.json").write_text(json.dumps({"step": 3, "total_steps": 1500, "stopped_by_signal": 2}))
+        return 130, "stopped by SIGINT before the last step"
+
+    monkeypatch.setattr(gpu_run, "_run_cli", trainer)
+    monkeypatch.setattr(gpu_run, "STOP_GRACE_S", 1.0)
+    plan = {"device": "cpu", "smoke": False, "cache": str(smoke_cache), "work": str(tmp_path), "train_steps": None}
+    result = gpu_run.stage_train(plan, gpu_run.Deadline(time.time() + 3.0), lambda _line: None)
+    assert 1.5 < waited["s"] < 2.9  # SIGINT at the deadline minus the grace
+    assert (
+        result["stopped"].startswith("deadline")
+        and result["steps"] == 3
+        and result["checkpoint"] == str(run / "last.pt")
+    )
+    argv = waited["argv"]
+    assert argv[argv.index("--bag") + 1] == str(smoke_cache / "train") and "--max-steps" not in argv
+    assert [argv[i + 1].split("/")[-1] for i, a in enumerate(argv) if a == "--config"] == [
+        "train.yaml",
+        "default_model.yaml",
+    ]
 
 
 def test_deadlines_keep_the_budget_and_leave_the_scoring_its_time() -> None:

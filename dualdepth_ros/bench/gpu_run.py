@@ -130,7 +130,7 @@ SMOKE = {
     "score": "the first 8 frames of each scoring drive",
 }
 FULL = {
-    "inference_sizes": ("model", "640x192"),
+    "inference_sizes": ("640x192", "model"),
     "inference_repeats": 50,
     "inference_warmup": 5,
     "bench_size": (640, 192),
@@ -533,6 +533,11 @@ def _model_folder() -> tuple[Path, Any]:
     return SHIPPED_MODEL, checkpoint
 
 
+def _depth_of(output: Any) -> Any:
+    """The fused depth of a backend's :class:`InferenceResult` or of :meth:`NetRunner.infer`'s list."""
+    return output.depth if hasattr(output, "depth") else output[0]
+
+
 def stage_inference(plan: dict[str, Any], deadline: Deadline, log: Callable[[str], None]) -> dict[str, Any]:
     """Batch-1 latency of every configuration at each size, beside PyTorch fp32 eager (``inference``)."""
     import numpy as np
@@ -554,7 +559,8 @@ def stage_inference(plan: dict[str, Any], deadline: Deadline, log: Callable[[str
         "baseline": baseline,
         "timing": (
             f"{repeats} interleaved runs per configuration after {warmup} warm-up; infer() end to end "
-            "(host→device→host included); fps = 1 / mean latency; vs_fp32_eager = its p50 / this p50"
+            "(host→device→host included); fps = 1 / mean latency; vs_fp32_eager = its p50 / this p50; "
+            "depth_rel_diff_p50/p99: |depth - fp32 eager's| / fp32 eager's over the pixels of one frame"
         ),
         "machine": machine(),
         "sizes": {},
@@ -597,8 +603,13 @@ def stage_inference(plan: dict[str, Any], deadline: Deadline, log: Callable[[str
         sync = _cuda_sync() if device == "cuda" else (lambda: None)
         x = np.random.default_rng(0).random((1, 3, size[1], size[0]), dtype=np.float32)
         runs = time_configs(runners, x, repeats, warmup, sync)
+        depths = {name: _depth_of(runner.infer(x)) for name, runner in runners.items()}
         for name, runner in runners.items():
             entry[name] = {**summarise(runs[name]), "precision": runner.precision, "device": runner.device}
+            if baseline in depths:  # how far its depth is from fp32 eager's on the same frame (relative)
+                rel = np.abs(depths[name] - depths[baseline]) / depths[baseline]
+                entry[name]["depth_rel_diff_p50"] = float(np.percentile(rel, 50))
+                entry[name]["depth_rel_diff_p99"] = float(np.percentile(rel, 99))
             runner.close()
         base = entry.get(baseline, {}).get("p50_ms")
         for row in entry.values():
@@ -700,9 +711,12 @@ def stage_train(plan: dict[str, Any], deadline: Deadline, log: Callable[[str], N
     stop.daemon = True
     stop.start()
     try:
-        code, why = _run_cli(argv, log)
-    finally:
-        stop.cancel()
+        try:
+            code, why = _run_cli(argv, log)
+        finally:
+            stop.cancel()
+    except KeyboardInterrupt:  # the stop came as the run was ending, after its own handler was gone
+        code, why = 128 + signal.SIGINT, "stopped"
     stopped = "deadline: stopped with SIGINT, checkpoint saved" if code == 128 + signal.SIGINT else "finished"
     metrics = run / "metrics.json"  # the trainer's final summary (written also when a signal stopped it)
     summary = json.loads(metrics.read_text()) if metrics.exists() else {}
@@ -1094,7 +1108,7 @@ def orchestrate(args: argparse.Namespace) -> int:
             deadline = plan_deadline(i, now, end, bool(args.smoke), skipped, budgets)
             record: dict[str, Any] = {"name": stage.name, "what": stage.what, "deadline_s": round(deadline - now, 1)}
             env_record = summary["stages"][0] if summary["stages"] else None
-            if env_record is not None and env_record["status"] != "ok" and stage.name != "environment":
+            if env_record is not None and env_record["status"] not in ("ok", "skipped") and stage.name != "environment":
                 record.update(status="failed", seconds=0.0, error=f"not run: environment {env_record['status']}")
                 summary["stages"].append(record)
                 say(f"{stage.name}: not run (the environment stage {env_record['status']})")
