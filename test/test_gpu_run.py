@@ -181,7 +181,7 @@ def test_deadlines_keep_the_budget_and_leave_the_scoring_its_time() -> None:
     # When the early stages are quick, the training run gets the rest.
     assert plan_deadline(STAGE_NAMES.index("train"), 100.0, end, smoke) == end - 75 - 45
     # A skipped stage reserves nothing; a given budget replaces a stage's own.
-    assert plan_deadline(3, 0.0, end, smoke, skipped=("train", "pack_export", "score")) == 100
+    assert plan_deadline(3, 0.0, end, smoke, skipped=("train", "pack_export", "score")) == STAGES[3].budget(smoke)
     assert plan_deadline(2, 0.0, end, smoke, budgets={"inference": 20}) == 20
 
 

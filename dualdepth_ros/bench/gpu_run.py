@@ -111,8 +111,8 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "cuda_tests", (120, 45), (30, 10), ("selected", "passed", "failed", "skipped", "errors", "tests"), "CUDA tests"
     ),
-    Stage("inference", (150, 40), (30, 10), ("sizes", "machine", "timing"), "inference latency, batch 1"),
-    Stage("train_bench", (100, 40), (30, 10), ("results", "ratio"), "training throughput and memory"),
+    Stage("inference", (180, 40), (30, 10), ("sizes", "machine", "timing"), "inference latency, batch 1"),
+    Stage("train_bench", (90, 40), (30, 10), ("results", "ratio"), "training throughput and memory"),
     Stage(
         "train", (None, None), (60, 10), ("steps", "total_steps", "seconds", "stopped", "checkpoint"), "training run"
     ),
@@ -275,9 +275,12 @@ def stage_environment(plan: dict[str, Any], deadline: Deadline, log: Callable[[s
         "gpu": None,
         "driver": None,
     }
-    for name in ("onnx", "onnxscript", "cv2", "rosbags"):
+    from importlib import metadata
+
+    for name, dist in (("onnx", "onnx"), ("onnxscript", "onnxscript"), ("cv2", None), ("rosbags", "rosbags")):
         try:
-            result[name] = __import__(name).__version__
+            module = __import__(name)
+            result[name] = metadata.version(dist) if dist else module.__version__
         except Exception as err:  # noqa: BLE001 - absent or broken: say so
             result[name] = f"absent ({_one_line(err)})"
     try:

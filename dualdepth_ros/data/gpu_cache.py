@@ -13,10 +13,11 @@ matched by stamp) and writes the result compactly::
 Each drive folder holds :data:`DRIVE_FILE` (its description: topics, preprocessing, sizes, a
 SHA-256 per file), ``rgb.png`` (every frame at the training size, stacked vertically into one
 lossless PNG; one channel when the drive is grey), ``arrays.npz`` (stamps, intrinsics, motion,
-poses) and the ground truth in ``gt.npz``: depth *sparse* (flat pixel index deltas and
-millimetres, exactly the bag's 16UC1 values; float32 metres when a value is not a whole
-millimetre), on the rectified camera's own grid (1242×375 for KITTI, where the KITTI protocol
-scores it) and at the training size, and the moving-object mask.
+poses), the ground truth in ``gt.npz`` (depth *sparse*: flat pixel index deltas and millimetres,
+exactly the bag's 16UC1 values, or float32 metres when a value is not a whole millimetre; on the
+rectified camera's own grid, 1242×375 for KITTI, where the KITTI protocol scores it, and at the
+training size; the moving-object mask), and ``SOURCE_README.md`` (the drive's README with its
+licence, when it has one).
 
 A drive folder is read wherever a bag is: ``dualdepth train --bag OUT/train`` and
 ``dualdepth eval --bag OUT/score/kitti_raw_0009`` (:func:`~.bags.expand_bag_paths`,
@@ -76,6 +77,8 @@ VERSION = 1
 DEFAULT_TRAIN = ("kitti_odometry_03", "kitti_raw_0005")
 DEFAULT_SCORE = ("kitti_raw_0009",)
 ROLES = ("train", "score")
+#: The repository (a manifest names the configs relative to it).
+REPO = Path(__file__).resolve().parents[2]
 #: The largest cache written by default (it travels with the repository: 64 MiB in all).
 MAX_MIB = 20.0
 #: Preprocessing parameters that decide the frames (``Preprocessor.params`` less the OpenCV version,
@@ -383,6 +386,15 @@ def _drive_name(bag: Path) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
+def _config_ref(path: str) -> str:
+    """A config as the manifest records it: relative to the repository when inside it, else absolute."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(REPO))
+    except ValueError:
+        return str(p)
+
+
 def read_manifest(cache: str | os.PathLike) -> dict[str, Any]:
     """The manifest of a cache folder, with each drive's folder as an absolute path (``"dir"``).
 
@@ -453,7 +465,7 @@ def build_cache(
             "format": FORMAT,
             "version": VERSION,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "configs": [os.path.relpath(c) if not os.path.isabs(c) else c for c in configs],
+            "configs": [_config_ref(c) for c in configs],
             "input": {"width": width, "height": height, "resize_mode": data.resize_mode},
             "preprocess": pre.params(),
             "drives": {"train": [], "score": []},
@@ -490,6 +502,10 @@ def build_cache(
                 )
                 name = _drive_name(bag)
                 size = write_drive(store, tmp / role / name, request, pre.params())
+                source_readme = Path(os.path.abspath(bag)).parent / "README.md"
+                if Path(bag).name == "bag" and source_readme.is_file():  # ../shared/data/<drive>/: its licence
+                    shutil.copyfile(source_readme, tmp / role / name / "SOURCE_README.md")
+                    size += source_readme.stat().st_size
                 entry = {
                     "name": name,
                     "path": f"{role}/{name}",
