@@ -1,8 +1,8 @@
 """``scripts/gpu_run.sh``: the one-command GPU run, checked on the CPU with ``--device cpu --smoke``.
 
 The smoke run is the same script with tiny sizes (``gpu_run.SMOKE`` lists what it replaces): every stage
-runs in its own process under its deadline, and its summary must be complete. It takes 30-70 s here (two
-shared cores), which is why it is one test.
+runs in its own process under its deadline, and its summary must be complete. It took 34-46 s here (two
+shared cores, load average 3-4), which is why it is one test.
 """
 
 from __future__ import annotations
