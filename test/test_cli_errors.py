@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from small_model import write_small_checkpoint
+from tiny_config import TINY_MODEL
 
 from dualdepth_ros import cli
 from dualdepth_ros.training.checkpoint import FORMAT, load_checkpoint
@@ -137,17 +138,6 @@ def test_the_typed_config_checks_values_for_every_entry_point() -> None:
 # disk errors: a real read-only mount and a real full file system
 # ---------------------------------------------------------------------------------------
 REPO = Path(__file__).resolve().parents[1]
-TINY_TRAIN = [
-    "input.width=96",
-    "input.height=32",
-    "model.encoder=resnet10",
-    "model.encoder_width=8",
-    "model.decoder_channels=[8,8,16,16,16]",
-    "pose.encoder=resnet10",
-    "pose.encoder_width=8",
-    "optim.batch_size=2",
-    "train.num_workers=0",
-]
 
 
 def _try(*cmd: str) -> bool:
@@ -244,7 +234,7 @@ def small_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _disk_commands(out: Path, sample_bag: Path, small_ckpt: Path) -> dict[str, tuple[list[str], Path]]:
     """Each command's argv and the output it names."""
-    tiny = [a for s in TINY_TRAIN for a in ("--set", s)]
+    tiny = [a for s in TINY_MODEL for a in ("--set", s)]
     return {
         "train": (
             ["train", "--bag", str(sample_bag), "--out", str(out / "run"), "--max-steps", "1", "--no-progress", *tiny],
@@ -343,7 +333,7 @@ def test_train_stopped_by_a_signal_saves_and_exits_non_zero(
 ) -> None:
     """`make train && make export-default` must stop when training was stopped: exit 128 + N, checkpoint saved."""
     run = tmp_path / "run"
-    tiny = [a for s in [*TINY_TRAIN, "train.micro_batch=2"] for a in ("--set", s)]
+    tiny = [a for s in [*TINY_MODEL, "train.micro_batch=2"] for a in ("--set", s)]
     argv = ["train", "--bag", str(sample_bag), "--out", str(run), "--max-steps", "100000", "--no-progress", *tiny]
     env = {**os.environ, "DUALDEPTH_CACHE": str(frame_cache), "PYTHONUNBUFFERED": "1"}
     with open(tmp_path / "stderr.txt", "w") as err_file:

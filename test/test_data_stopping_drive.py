@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from synthetic_drives import drive
+from tiny_config import TINY_MODEL
 
 from dualdepth_ros.config import DEFAULT_CONFIG, load_config
 from dualdepth_ros.data import ClipDataset, DataConfig, load_stores
@@ -23,15 +24,7 @@ from dualdepth_ros.training.trainer import Trainer
 
 FRAMES = 90  # 9 s at 10 Hz; braking from 4 s, standing still from 6 s to the end
 TINY = [
-    "input.width=96",
-    "input.height=32",
-    "model.encoder=resnet10",
-    "model.encoder_width=8",
-    "model.decoder_channels=[8,8,16,16,16]",
-    "pose.encoder=resnet10",
-    "pose.encoder_width=8",
-    "optim.batch_size=2",
-    "train.num_workers=0",
+    *TINY_MODEL,
     "train.log_every=1",
     "train.image_every=0",
     "train.checkpoint_every=100",

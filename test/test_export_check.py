@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from tiny_config import TINY_MODEL
 
 from dualdepth_ros.config import DEFAULT_CONFIG, load_config
 from dualdepth_ros.data import DataConfig
@@ -47,15 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 CKPT = REPO / "models" / "dualdepth_default.pt"
 SAMPLE = REPO / "test" / "data" / "sample_drive"
 TINY = [
-    "input.width=96",
-    "input.height=32",
-    "model.encoder=resnet10",
-    "model.encoder_width=8",
-    "model.decoder_channels=[8,8,16,16,16]",
-    "pose.encoder=resnet10",
-    "pose.encoder_width=8",
-    "optim.batch_size=2",
-    "train.num_workers=0",
+    *TINY_MODEL,
     "train.log_every=1",
     "train.image_every=1000",
     "train.checkpoint_every=1000",

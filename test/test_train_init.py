@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_config import TINY_MODEL
 
 from dualdepth_ros import cli
 from dualdepth_ros.config import DEFAULT_CONFIG, load_config
@@ -22,15 +23,7 @@ from dualdepth_ros.training.pack import pack
 from dualdepth_ros.training.trainer import Trainer
 
 TINY = [
-    "input.width=96",
-    "input.height=32",
-    "model.encoder=resnet10",
-    "model.encoder_width=8",
-    "model.decoder_channels=[8,8,16,16,16]",
-    "pose.encoder=resnet10",
-    "pose.encoder_width=8",
-    "optim.batch_size=2",
-    "train.num_workers=0",
+    *TINY_MODEL,
     "train.micro_batch=2",
     "train.val_max_clips=4",
     "train.image_every=0",

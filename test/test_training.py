@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_config import TINY_MODEL
 
 from dualdepth_ros.config import DEFAULT_CONFIG, load_config
 from dualdepth_ros.errors import DualDepthError
@@ -16,15 +17,7 @@ from dualdepth_ros.training.trainer import Trainer
 
 #: A tiny but complete two-branch configuration (every loss term on) that trains in seconds.
 TINY = [
-    "input.width=96",
-    "input.height=32",
-    "model.encoder=resnet10",
-    "model.encoder_width=8",
-    "model.decoder_channels=[8,8,16,16,16]",
-    "pose.encoder=resnet10",
-    "pose.encoder_width=8",
-    "optim.batch_size=2",
-    "train.num_workers=0",
+    *TINY_MODEL,
     "train.log_every=1",
     "train.image_every=2",
     "train.checkpoint_every=100",
