@@ -46,7 +46,6 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
-import hashlib
 import io
 import json
 import os
@@ -179,14 +178,6 @@ def _python_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     env["PYTHONUNBUFFERED"] = "1"
     return env
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Deadline:
@@ -770,11 +761,13 @@ def stage_pack_export(plan: dict[str, Any], deadline: Deadline, log: Callable[[s
     code, why = _run_cli(["pack", "--checkpoint", str(ckpt), "--out", str(packed)], log)
     if code != 0:
         raise RuntimeError(f"dualdepth pack exited {code}: {why}")
+    from ..inference.metadata import file_sha256
+
     files = split_file(packed, out)
     result: dict[str, Any] = {
         "packed": str(packed),
         "packed_bytes": packed.stat().st_size,
-        "sha256": _sha256(packed),
+        "sha256": file_sha256(packed),
         "out_files": [f.name for f in files],
         "exported": None,
     }

@@ -562,9 +562,18 @@ def _save_meta(store: FrameStore, out_dir: Path, request: dict[str, Any], key: s
             arr = getattr(store, name)
             if arr is not None:
                 np.save(out_dir / f"{name}.npy", np.asarray(arr))
-    meta = {
-        "key": key,
-        "request": request,
+    meta = {"key": key, "request": request, **store_description(store)}
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+def store_description(store: FrameStore) -> dict[str, Any]:
+    """What a saved store's description file records besides its arrays (JSON-ready).
+
+    Topics, frame count and size, the source camera size, the frame id, the bag's image message count
+    and which ground truths it holds; :func:`store_from_saved` reads it back. Shared by the frame cache
+    (``meta.json``) and :mod:`.gpu_cache` (``dualdepth_drive.json``).
+    """
+    return {
         "topics": dataclasses.asdict(store.topics),
         "n": len(store),
         "width": store.width,
@@ -577,7 +586,56 @@ def _save_meta(store: FrameStore, out_dir: Path, request: dict[str, Any], key: s
         "has_gt_moving": store.gt_moving is not None,
         "has_gt_pose": store.gt_pose is not None,
     }
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+def store_from_saved(
+    bag: Path,
+    meta: dict[str, Any],
+    topics: dict[str, str | None],
+    rgb: np.ndarray,
+    arrays: Any,
+    *,
+    gt_depth: np.ndarray | None,
+    gt_moving: np.ndarray | None,
+    gt_pose: np.ndarray | None,
+    gt_depth_native: np.ndarray | None,
+    cache_path: Path | None = None,
+) -> FrameStore:
+    """A :class:`FrameStore` loaded from a saved one (``from_cache``, nothing decoded).
+
+    Parameters
+    ----------
+    bag : the path the store reports as its bag.
+    meta : its :func:`store_description` (sizes, frame id, message count).
+    topics : role → topic (a :class:`~.bags.TopicSelection`'s fields).
+    rgb : ``N×h×w×3`` uint8.
+    arrays : a mapping (dict or ``NpzFile``) holding ``stamps`` (``N``), ``intrinsics`` and
+        ``source_intrinsics`` (``N×4``) and ``motion`` (``N``).
+    gt_depth, gt_moving, gt_pose, gt_depth_native : the ground truth, or None (see :class:`FrameStore`).
+    cache_path : the frame-cache entry its memmaps come from, or None when held in memory.
+    """
+    return FrameStore(
+        bag=bag,
+        topics=TopicSelection(**topics),
+        width=int(meta["width"]),
+        height=int(meta["height"]),
+        rgb=rgb,
+        stamps=arrays["stamps"],
+        intrinsics=arrays["intrinsics"],
+        motion=arrays["motion"],
+        gt_depth=gt_depth,
+        gt_moving=gt_moving,
+        gt_pose=gt_pose,
+        source_width=int(meta["source_width"]),
+        source_height=int(meta["source_height"]),
+        source_intrinsics=arrays["source_intrinsics"],
+        gt_depth_native=gt_depth_native,
+        frame_id=meta["frame_id"],
+        n_messages=int(meta["n_messages"]),
+        decoded=0,
+        from_cache=True,
+        cache_path=cache_path,
+    )
 
 
 def _load_entry(entry: Path, bag_path: Path) -> FrameStore:
@@ -592,26 +650,16 @@ def _load_entry(entry: Path, bag_path: Path) -> FrameStore:
     for arr, shape in ((gt_depth, (n, h, w)), (gt_moving, (n, h, w)), (native, (n, sh, sw))):
         if arr is not None and arr.shape != shape:
             raise ValueError(f"cached array has shape {arr.shape}, expected {shape}")
-    return FrameStore(
-        bag=bag_path,
-        topics=TopicSelection(**meta["topics"]),
-        width=w,
-        height=h,
-        rgb=rgb,
-        stamps=small["stamps"],
-        intrinsics=small["intrinsics"],
-        motion=small["motion"],
+    return store_from_saved(
+        bag_path,
+        meta,
+        meta["topics"],
+        rgb,
+        small,
         gt_depth=gt_depth,
         gt_moving=gt_moving,
         gt_pose=small["gt_pose"] if meta["has_gt_pose"] else None,
-        source_width=sw,
-        source_height=sh,
-        source_intrinsics=small["source_intrinsics"],
         gt_depth_native=native,
-        frame_id=meta["frame_id"],
-        n_messages=int(meta["n_messages"]),
-        decoded=0,
-        from_cache=True,
         cache_path=entry,
     )
 

@@ -30,9 +30,7 @@ line saying what the folder holds and how to rebuild it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -44,9 +42,10 @@ import cv2
 import numpy as np
 
 from ..errors import DualDepthError
+from ..inference.metadata import file_sha256
 from ..outdir import OutputKind, check_output_dir, check_separate, replace_dir, temporary_sibling
 from ..preprocess import Preprocessor
-from .bags import BagError, GtTopics, TopicSelection, bag_fingerprint, resolve_gt_topics
+from .bags import BagError, GtTopics, bag_fingerprint, resolve_gt_topics
 
 __all__ = [
     "DRIVE_FILE",
@@ -108,14 +107,6 @@ def default_configs() -> list[str]:
     from ..config import DEFAULT_CONFIG
 
     return [str(DEFAULT_CONFIG), str(DEFAULT_CONFIG.parent / "default_model.yaml")]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _params(pre: Preprocessor | dict[str, Any]) -> dict[str, Any]:
@@ -188,6 +179,8 @@ def write_drive(store: Any, folder: str | os.PathLike, request: dict[str, Any], 
         ``gt_moving_mask``, ``rectify_gt``), as :func:`~.frames.load_frames` takes them.
     params : ``Preprocessor.params()`` of the preprocessing that made the frames.
     """
+    from .frames import store_description
+
     folder = Path(folder)
     folder.mkdir(parents=True)
     rgb = np.asarray(store.rgb)
@@ -218,19 +211,9 @@ def write_drive(store: Any, folder: str | os.PathLike, request: dict[str, Any], 
         "source": {"bag": str(Path(store.bag).resolve()), "files": bag_fingerprint(store.bag)},
         "request": request,
         "preprocess": params,
-        "topics": dataclasses.asdict(store.topics),
-        "n": len(store),
-        "width": store.width,
-        "height": store.height,
+        **store_description(store),
         "grey": grey,
-        "source_width": store.source_width,
-        "source_height": store.source_height,
-        "frame_id": store.frame_id,
-        "n_messages": store.n_messages,
-        "has_gt_depth": store.gt_depth is not None,
-        "has_gt_moving": store.gt_moving is not None,
-        "has_gt_pose": store.gt_pose is not None,
-        "sha256": {name: _sha256(folder / name) for name in _FILES},
+        "sha256": {name: file_sha256(folder / name) for name in _FILES},
     }
     (folder / DRIVE_FILE).write_text(json.dumps(meta, indent=1))
     return sum(f.stat().st_size for f in folder.iterdir())
@@ -291,13 +274,13 @@ def load_cached_drive(path: str | os.PathLike, preprocessor: Preprocessor, reque
     BagError : another preprocessing or topic than the drive holds; a damaged folder (one line, with
         how to rebuild it).
     """
-    from .frames import FrameStore
+    from .frames import store_from_saved
 
     path = Path(path)
     meta = _read_meta(path)
     _check_request(path, meta, _params(preprocessor), request)
     for name, digest in meta["sha256"].items():
-        if not (path / name).is_file() or _sha256(path / name) != digest:
+        if not (path / name).is_file() or file_sha256(path / name) != digest:
             raise BagError(f"cached drive {path}: {name} is missing or damaged (SHA-256 differs): rebuild the cache")
     n, h, w = int(meta["n"]), int(meta["height"]), int(meta["width"])
     sh, sw = int(meta["source_height"]), int(meta["source_width"])
@@ -328,26 +311,16 @@ def load_cached_drive(path: str | os.PathLike, preprocessor: Preprocessor, reque
             topics["gt_pose"] = None
     except (OSError, ValueError, KeyError) as err:
         raise BagError(f"cached drive {path} is damaged ({err}): rebuild it with dualdepth gpu-cache") from None
-    return FrameStore(
-        bag=path,
-        topics=TopicSelection(**topics),
-        width=w,
-        height=h,
-        rgb=rgb,
-        stamps=arrays["stamps"],
-        intrinsics=arrays["intrinsics"],
-        motion=arrays["motion"],
+    return store_from_saved(
+        path,
+        meta,
+        topics,
+        rgb,
+        arrays,
         gt_depth=gt_depth,
         gt_moving=gt_moving,
         gt_pose=gt_pose,
-        source_width=sw,
-        source_height=sh,
-        source_intrinsics=arrays["source_intrinsics"],
         gt_depth_native=gt_native,
-        frame_id=meta["frame_id"],
-        n_messages=int(meta["n_messages"]),
-        decoded=0,
-        from_cache=True,
     )
 
 
