@@ -131,13 +131,13 @@ class Objects:
         )
 
 
-def _car_rows(x, y, yaw, length, width, colour, rng_vals, moving: bool, s: float) -> list[dict]:
-    """The four boxes of a car (body, cabin, two axles) at ground point ``(x, y)`` heading ``yaw``."""
+def _vehicle_box(x, y, yaw, rng_vals, moving: bool, s: float):
+    """A function ``at(forward, z, half, kind, albedo, params)`` giving one box row of a vehicle at ``(x, y)``.
+
+    ``forward`` (m) is the box centre's offset along the heading ``yaw``, ``z`` (m) its height; every box
+    of the vehicle has the paint texture, offset by ``rng_vals[3:5]``.
+    """
     c, sn = math.cos(yaw), math.sin(yaw)
-    body_top = 0.95 + 0.12 * rng_vals[0]
-    cabin_h = 0.45 + 0.12 * rng_vals[1]
-    cab_len = length * (0.50 + 0.1 * rng_vals[2])
-    cab_off = -0.08 * length
     tex = TEXTURES["paint"][0]
     toff = [float(rng_vals[3] * 10), float(rng_vals[4] * 10)]
 
@@ -156,6 +156,16 @@ def _car_rows(x, y, yaw, length, width, colour, rng_vals, moving: bool, s: float
             "s": s,
         }
 
+    return at
+
+
+def _car_rows(x, y, yaw, length, width, colour, rng_vals, moving: bool, s: float) -> list[dict]:
+    """The four boxes of a car (body, cabin, two axles) at ground point ``(x, y)`` heading ``yaw``."""
+    at = _vehicle_box(x, y, yaw, rng_vals, moving, s)
+    body_top = 0.95 + 0.12 * rng_vals[0]
+    cabin_h = 0.45 + 0.12 * rng_vals[1]
+    cab_len = length * (0.50 + 0.1 * rng_vals[2])
+    cab_off = -0.08 * length
     wheel_r = 0.31
     glass = float(0.05 + 0.05 * rng_vals[5])
     return [
@@ -170,31 +180,13 @@ def _car_rows(x, y, yaw, length, width, colour, rng_vals, moving: bool, s: float
 
 def _truck_rows(x, y, yaw, length, width, colour, rng_vals, moving: bool, s: float) -> list[dict]:
     """The six boxes of a truck of ``length`` metres (cab in front of a tall cargo box, three axles) at ``(x, y)``."""
-    c, sn = math.cos(yaw), math.sin(yaw)
+    at = _vehicle_box(x, y, yaw, rng_vals, moving, s)
     cab_len = 2.2
     box_len = length - cab_len - 0.2
     box_top = 3.4 + 0.4 * rng_vals[0]
     cab_top = 2.8 + 0.2 * rng_vals[1]
-    tex = TEXTURES["paint"][0]
-    toff = [float(rng_vals[3] * 10), float(rng_vals[4] * 10)]
     glass = float(0.05 + 0.05 * rng_vals[5])
     cargo = np.clip(colour * 0.4 + 0.55, 0.0, 1.0)  # light cargo box, cab in the paint colour
-
-    def at(forward: float, z: float, half, kind, albedo, params=(0, 0, 0, 0, 0, 0)):
-        return {
-            "shape": BOX,
-            "kind": kind,
-            "centre": [x + c * forward, y + sn * forward, z],
-            "half": half,
-            "yaw": yaw,
-            "albedo": albedo,
-            "tex": tex,
-            "texoff": toff,
-            "params": params,
-            "moving": moving,
-            "s": s,
-        }
-
     wheel_r = 0.5
     front = length / 2
     return [
