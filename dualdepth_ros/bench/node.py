@@ -49,6 +49,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -501,9 +502,11 @@ def _delivery(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     }
 
 
-def _run_other_mode(args: argparse.Namespace) -> int:
-    import rclpy
+def _isolate_ros(args: argparse.Namespace) -> Callable[[str], None]:
+    """Keep this benchmark's ROS 2 traffic on this host (a random domain unless one is set, one OpenMP thread).
 
+    Returns the progress log: stderr with ``--json`` (stdout then holds only the JSON), else stdout.
+    """
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random().randint(1, 100)))
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     os.environ["ROS_LOCALHOST_ONLY"] = "1"
@@ -513,6 +516,13 @@ def _run_other_mode(args: argparse.Namespace) -> int:
     def log(line: str) -> None:
         print(line, file=out, flush=True)
 
+    return log
+
+
+def _run_other_mode(args: argparse.Namespace) -> int:
+    import rclpy
+
+    log = _isolate_ros(args)
     rclpy.init()
     try:
         result = _load(args, log) if args.mode == "load" else _delivery(args, log)
@@ -561,15 +571,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.frames < 5 or args.warmup < 0:
         raise DualDepthError("--frames must be at least 5 and --warmup not negative")
-    os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random().randint(1, 100)))
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    os.environ["ROS_LOCALHOST_ONLY"] = "1"
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    out = sys.stderr if args.json else sys.stdout
-
-    def log(line: str) -> None:
-        print(line, file=out, flush=True)
-
+    log = _isolate_ros(args)
     rows = []
     rclpy.init()
     try:
