@@ -125,7 +125,9 @@ def _delivery(
                 before = _counts(client)
                 client.outputs.clear()
                 sent, took = _play(ns, size, seconds, player_env)
-                assert wait_until(lambda b=before: _settled(client, b["frames published"], b["frames received"]), 30), (
+                assert wait_until(
+                    lambda b=before: _settled(client, b["frames published"], b["frames received"]), 120
+                ), (
                     _counts(client),
                     len(client.outputs),
                     node.output[-3000:],
