@@ -155,7 +155,8 @@ def check_output_dir(path: str | os.PathLike[str], overwrite: bool, kind: Output
 
     Raises
     ------
-    DualDepthError : ``path`` is a symbolic link, a file, the root folder; or it is non-empty
+    DualDepthError : ``path`` is a symbolic link, a file, the root folder, the current directory or
+        one of its parents; or it is non-empty
         and ``overwrite`` is not set; or it is non-empty and not of ``kind``.
     """
     p = Path(path)
@@ -165,6 +166,11 @@ def check_output_dir(path: str | os.PathLike[str], overwrite: bool, kind: Output
         raise DualDepthError(f"output path {p} exists and is not a directory")
     if real_path(p).parent == real_path(p):
         raise DualDepthError(f"output path {p} is the root folder")
+    if _within(real_path(os.getcwd()), real_path(p)):
+        # The folder is written beside and renamed into place: the working directory would be left behind.
+        raise DualDepthError(
+            f"output path {p} is (or holds) the current directory; name a folder for the output, e.g. {p}/out"
+        )
     if p.is_dir() and any(p.iterdir()):
         if not overwrite:
             raise DualDepthError(f"output directory {p} is not empty (use --overwrite to replace it)")

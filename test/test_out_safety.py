@@ -181,6 +181,21 @@ def test_export_refuses_a_checkpoint_inside_out(tmp_path: Path, capsys) -> None:
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("where", [".", "..", "here"])
+def test_export_to_the_current_directory_is_refused_before_exporting(
+    tmp_path: Path, capsys, monkeypatch, where: str
+) -> None:
+    """`--out .` was renamed over the working directory after the whole export, then a traceback."""
+    cwd = tmp_path / "here" / "deep" if where == ".." else tmp_path / "here"
+    cwd.mkdir(parents=True)
+    monkeypatch.chdir(cwd)
+    out = str(tmp_path / "here") if where == "here" else where
+    before = snapshot(tmp_path)
+    assert main(["export", "--checkpoint", str(CKPT), "--out", out]) == 2
+    assert "is (or holds) the current directory" in one_line_error(capsys)
+    assert snapshot(tmp_path) == before and Path.cwd() == cwd.resolve()
+
+
 # ---------------------------------------------------------------------------------------
 # dualdepth demo
 # ---------------------------------------------------------------------------------------
