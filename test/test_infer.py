@@ -221,8 +221,15 @@ def test_a_stop_signal_leaves_no_partial_output(tmp_path: Path, sig: str) -> Non
     out = tmp_path / "out"
     args = ["infer", "--model", str(DEFAULT_MODEL), "--bag", str(SAMPLE_BAG), "--out", str(out)]
     args += ["--backend", "onnxruntime", "--threads", "1", "--no-progress"]
+    # A shell without job control starts background commands with SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler (CI may run us so): give the child the default disposition,
+    # as a terminal's Ctrl-C finds it.
     proc = subprocess.Popen(
-        [sys.executable, "-c", _SLOW_INFER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", _SLOW_INFER, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120
