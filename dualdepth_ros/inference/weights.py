@@ -118,8 +118,17 @@ def load_weights(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[to
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
-        msg = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise ModelError(f"cannot read {path} as weights (weights_only=True): {msg}") from None
+        from ..training.checkpoint import _unpickling_reason
+
+        if any(w in str(err) for w in ("GLOBAL", "Can only build", "Unsupported global")):  # an object refused
+            raise ModelError(
+                f"refusing {path}: it holds Python objects other than tensors and plain data "
+                f"({_unpickling_reason(err)}), and loading them could run code; use the weights.pt "
+                "that dualdepth export writes"
+            ) from None
+        raise ModelError(
+            f"cannot read {path} as weights (corrupt or not a weights.pt: {_unpickling_reason(err)})"
+        ) from None
     if not isinstance(obj, dict) or obj.get("format") != WEIGHTS_FORMAT:
         fmt = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise ModelError(f"{path} is not a dualdepth_ros weights file (format {fmt!r}, expected {WEIGHTS_FORMAT!r})")
