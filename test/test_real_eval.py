@@ -53,3 +53,34 @@ def test_without_drives_it_says_how_to_make_one(tmp_path) -> None:
 def test_an_unknown_drive_is_named(data_dir) -> None:
     with pytest.raises(DualDepthError, match="no drive 'kitti_raw_0009'.*synthetic"):
         find_drives(data_dir, ["kitti_raw_0009"])
+
+
+def test_curve_scores_every_snapshot_of_a_run(tmp_path, data_dir, capsys) -> None:
+    model = write_small_checkpoint(tmp_path, tmp_path / "cache")
+    run = tmp_path / "run"
+    (run / "snapshots").mkdir(parents=True)
+    shutil.copy(model, run / "snapshots" / "step_000020.pt")
+    shutil.copy(model, run / "snapshots" / "step_000010.pt")
+    out = tmp_path / "real.json"
+    assert (
+        cli.main(["real-eval", "--model", str(model), "--data", str(data_dir), "--json", str(out), "--curve", str(run)])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    payload = json.loads(out.read_text())
+    curve = payload["curve"]["drives"]["synthetic"]
+    assert [p["step"] for p in curve] == [10, 20]
+    # Each snapshot is the scored model itself here, so the curve repeats the table's figures.
+    m = payload["drives"]["synthetic"]["model"]
+    for p in curve:
+        assert p["abs_rel"] == pytest.approx(m["abs_rel"], rel=1e-6) and p["a1"] == pytest.approx(m["a1"], rel=1e-6)
+        assert p["scored"] == m["scored"]
+    assert "| 10 | " in printed and "| 20 | " in printed
+
+
+def test_curve_without_snapshots_fails_before_scoring(tmp_path, data_dir, capsys) -> None:
+    (tmp_path / "run").mkdir()
+    assert cli.main(["real-eval", "--model", __file__, "--data", str(data_dir), "--curve", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "no snapshots in" in err and "snapshot_every" in err
+    assert "scoring" not in err

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import DualDepthError
 
-__all__ = ["add_arguments", "run", "find_drives", "score_drive", "format_table"]
+__all__ = ["add_arguments", "run", "find_drives", "score_drive", "format_table", "learning_curve", "format_curve"]
 
 #: The data directory of this project's development machines (``shared/`` beside the clone).
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -55,6 +55,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--table", metavar="MD", help="also write the table as Markdown here")
     p.add_argument("--cache-dir", help="decoded-frame cache folder passed to eval (default: eval's)")
     p.add_argument("--verbose", action="store_true", help="print eval's own report for every run")
+    p.add_argument(
+        "--curve",
+        metavar="RUN_DIR",
+        help="also score every snapshot of a training run (RUN_DIR/snapshots/step_*.pt, train.snapshot_every) on "
+        "the drives with depth ground truth: the learning curve (AbsRel, δ<1.25 by step)",
+    )
 
 
 def _bag_of(folder: Path) -> Path | None:
@@ -166,15 +172,85 @@ def format_table(rows: list[tuple[str, dict[str, Any]]], model: str) -> str:
     return "\n".join(lines)
 
 
+def _snapshots(run_dir: str | os.PathLike) -> list[Path]:
+    snaps = sorted(Path(run_dir).glob("snapshots/step_*.pt"))
+    if not snaps:
+        raise DualDepthError(
+            f"no snapshots in {Path(run_dir) / 'snapshots'}: train with --set train.snapshot_every=N "
+            "(config/default_model.yaml keeps one every 250 steps)"
+        )
+    return snaps
+
+
+def learning_curve(
+    run_dir: str | os.PathLike,
+    drives: list[tuple[str, Path]],
+    cache_dir: str | None = None,
+    verbose: bool = False,
+) -> dict[str, list[dict[str, Any]]]:
+    """AbsRel and δ<1.25 of every snapshot of a training run on each drive, by step (depth only, no poses).
+
+    Returns
+    -------
+    dict
+        drive name → ``[{"step", "abs_rel", "a1", "scored"}, ...]`` in step order.
+
+    Raises
+    ------
+    DualDepthError
+        ``run_dir`` holds no ``snapshots/step_*.pt`` (the run did not set ``train.snapshot_every``).
+    """
+    snaps = _snapshots(run_dir)
+    curve: dict[str, list[dict[str, Any]]] = {}
+    for name, bag in drives:
+        for snap in snaps:
+            print(f"curve: {snap.name} on {name} …", file=sys.stderr, flush=True)
+            args = ["--checkpoint", str(snap), "--bag", str(bag), "--no-pose"]
+            if cache_dir:
+                args += ["--cache-dir", cache_dir]
+            fig = _figures(_eval_json(args, verbose))
+            if fig["abs_rel"] is None:  # no depth ground truth on this drive
+                break
+            step = int(snap.stem.split("_")[-1])
+            curve.setdefault(name, []).append({"step": step, **{k: fig[k] for k in ("abs_rel", "a1", "scored")}})
+    return curve
+
+
+def format_curve(curve: dict[str, list[dict[str, Any]]], run_dir: str | os.PathLike) -> str:
+    """A Markdown table: one line per snapshot step, AbsRel / δ<1.25 on each drive."""
+    names = sorted(curve)
+    steps = sorted({p["step"] for pts in curve.values() for p in pts})
+    lines = [
+        f"learning curve of {run_dir} (snapshots; median-scaled, AbsRel / δ<1.25)",
+        "",
+        "| step | " + " | ".join(names) + " |",
+        "| --- |" + " --- |" * len(names),
+    ]
+    for step in steps:
+        cells = []
+        for n in names:
+            pt = next((p for p in curve[n] if p["step"] == step), None)
+            cells.append("—" if pt is None else f"{_fmt(pt['abs_rel'])} / {_fmt(pt['a1'])}")
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     if not Path(args.model).is_file():
         raise DualDepthError(f"model not found: {args.model}")
+    if args.curve:
+        _snapshots(args.curve)  # its one-line error before anything is scored
     drives = find_drives(args.data, args.drive)
     rows = []
     for name, bag in drives:
         print(f"scoring {name} ({bag}) …", file=sys.stderr, flush=True)
         rows.append((name, score_drive(args.model, bag, args.cache_dir, args.verbose)))
     table = format_table(rows, args.model)
+    curve = None
+    if args.curve:
+        with_depth = [(n, b) for (n, b), (_, r) in zip(drives, rows) if r["model"]["abs_rel"] is not None]
+        curve = learning_curve(args.curve, with_depth, args.cache_dir, args.verbose)
+        table += "\n\n" + format_curve(curve, args.curve)
     print(table)
     if args.table:
         Path(args.table).parent.mkdir(parents=True, exist_ok=True)
@@ -182,5 +258,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         payload = {"model": args.model, "data": str(args.data), "drives": {n: r for n, r in rows}}
+        if curve is not None:
+            payload["curve"] = {"run": str(args.curve), "drives": curve}
         Path(args.json).write_text(json.dumps(payload, indent=2, default=float) + "\n")
     return 0
