@@ -19,7 +19,12 @@ export PYTHONUNBUFFERED := 1
 LINT_PATHS := dualdepth_ros test setup.py $(wildcard launch/*.py)
 PIP_FILTER := grep -v "^WARNING: Location 'file:" || true
 
-# The default model: trained on synthetic drives whose seeds evaluation never uses, scored on a held-out drive.
+# Real drives (one sub-folder per drive holding bag/; ../shared/data on this project's machines): the default
+# model trains on REAL_TRAIN_DRIVES; `make real-eval` scores every drive with ground truth.
+REAL_DATA         ?= $(abspath ../shared/data)
+REAL_TRAIN_DRIVES ?= kitti_odometry_03 kitti_raw_0005
+# Synthetic drives (ablations, the ladder, and the held-out drive the default model is also scored on); the
+# training seeds are never used by evaluation.
 DATA          := runs/data
 TRAIN_SEEDS   := 101 102 103 104
 HELDOUT_SEED  := 9001
@@ -37,7 +42,7 @@ LAUNCH_STAMP := $(VENV)/.ros2-launch-stamp
 # The ros-jazzy wheels register their packages under the venv prefix but set no AMENT_PREFIX_PATH.
 VENV_AMENT := AMENT_PREFIX_PATH="$(abspath $(VENV))$${AMENT_PREFIX_PATH:+:$$AMENT_PREFIX_PATH}"
 
-.PHONY: help setup build lint test test-tools test-fast demo sample bench data train export-default ablation ladder real-eval clean
+.PHONY: help setup build lint test test-tools test-fast demo sample bench data train real-train-drives export-default ablation ladder real-eval clean
 
 help:
 	@echo "make setup   create .venv with pinned deps (ROS 2 Jazzy wheels, torch CPU, rosbags, colcon) and install the package"
@@ -46,7 +51,11 @@ help:
 	@echo "make sample  re-record the bundled sample drive (test/data/sample_drive)"
 	@echo "make bench   print the benchmark figures (rendering, training step)"
 	@echo "make export-default  derive the default model folder (models/dualdepth_default/) from $(MODEL) again"
-	@echo "make real-eval  the shipped model and a constant depth on every real drive with ground truth (../shared/data)"
+	@echo "make train   retrain the default model on the real drives of REAL_DATA (1-2 h on 2 CPU cores) and score it"
+	@echo "make real-eval  the shipped model and a constant depth on every real drive with ground truth (REAL_DATA)"
+	@echo "make ablation / make ladder  the studies of docs/ablation.md and docs/ladder.md (synthetic drives; hours)"
+	@echo "make gpu-cache gpu-wheels  prepare a GPU run (decoded real drives, wheels a bare CUDA image lacks)"
+	@echo "make gpu-run  the one-command GPU run (scripts/gpu_run.sh; GPU_RUN_ARGS='--device cpu --smoke' on a CPU)"
 
 setup: $(STAMP)
 
@@ -114,14 +123,23 @@ $(DATA)/drive_%: | setup
 $(DATA)/heldout_%: | setup
 	$(VENV)/bin/dualdepth make-sample --out $@ --seed $* --frames 200 --width 320 --height 96 --format mcap --overwrite
 
-# Reproduces models/dualdepth_default.pt and its evaluation (see models/MODEL_CARD.md).
-train: setup data
-	$(VENV)/bin/dualdepth train $(foreach b,$(TRAIN_BAGS),--bag $(b)) --out runs/default --resume-if-exists \
-	  --config config/train.yaml --config config/default_model.yaml --gt-depth-topic /gt/depth
+# Reproduces models/dualdepth_default.pt and its figures (models/MODEL_CARD.md): config/default_model.yaml on the
+# real training drives of REAL_DATA, then the real-drive table with the learning curve on every drive with depth
+# ground truth, and the synthetic held-out drive beside it. kitti_raw_0009 (a KITTI Eigen test drive) is only scored.
+train: real-train-drives setup $(HELDOUT_BAG)
+	$(VENV)/bin/dualdepth train $(foreach d,$(REAL_TRAIN_DRIVES),--bag $(REAL_DATA)/$(d)/bag) --out runs/default \
+	  --resume-if-exists --config config/train.yaml --config config/default_model.yaml
 	$(VENV)/bin/dualdepth pack --checkpoint runs/default/last.pt --out $(MODEL)
+	$(VENV)/bin/dualdepth real-eval --model $(MODEL) --data $(REAL_DATA) --curve runs/default \
+	  --json models/dualdepth_default.real_eval.json --table models/dualdepth_default.real_eval.md
 	$(VENV)/bin/dualdepth eval --checkpoint $(MODEL) --bag $(HELDOUT_BAG) --json models/dualdepth_default.eval.json \
 	  --plots models/dualdepth_default_plots
 	$(MAKE) export-default
+
+real-train-drives:
+	@for d in $(REAL_TRAIN_DRIVES); do test -d $(REAL_DATA)/$$d/bag || { echo "make train: no drive $(REAL_DATA)/$$d/bag;" \
+	  "set REAL_DATA=folder (one sub-folder per drive, holding bag/) or REAL_TRAIN_DRIVES='names'; a KITTI raw drive" \
+	  "converts with dualdepth kitti-to-bag (docs/kitti.md)"; exit 2; }; done
 
 # The default model folder (ONNX + model.json + weights.pt), derived from the one stored model $(MODEL):
 # by `make build` when it is missing or older than the checkpoint (before colcon installs it), by
@@ -141,7 +159,6 @@ ablation: setup data
 
 # The shipped model and a constant depth on every real drive with ground truth in REAL_DATA (one table;
 # without that folder it says how to convert a KITTI raw drive with `dualdepth kitti-to-bag`).
-REAL_DATA ?= $(abspath ../shared/data)
 real-eval: setup
 	$(VENV)/bin/dualdepth real-eval --model $(MODEL) --data $(REAL_DATA) --json runs/real_eval.json
 
