@@ -43,6 +43,7 @@ __all__ = [
     "pixels_to_grid",
     "sample",
     "WarpResult",
+    "reproject",
     "warp",
     "rigid_flow",
 ]
@@ -250,16 +251,44 @@ def warp(
     T_target_to_source : ``B×4×4`` transform from the target camera to the source camera.
     K : ``B×3×3`` intrinsics at this resolution (the same camera for both views).
     """
+    pix, z, valid = reproject(depth_target, T_target_to_source, K, tuple(source.shape[-2:]), min_z, source.dtype)
+    image = sample(source, pix, padding_mode=padding_mode)
+    return WarpResult(image=image, valid=valid, pix=pix, z=z)
+
+
+def reproject(
+    depth_target: torch.Tensor,
+    T_target_to_source: torch.Tensor,
+    K: torch.Tensor,
+    source_size: tuple[int, int],
+    min_z: float = 1e-3,
+    dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each target pixel lands in the source view: the geometry of :func:`warp` without sampling.
+
+    Parameters
+    ----------
+    depth_target : ``B×1×H×W`` z-depth of the target view.
+    T_target_to_source : ``B×4×4``.
+    K : ``B×3×3`` intrinsics at this resolution.
+    source_size : ``(height, width)`` of the source image (pixels).
+    dtype : of ``valid`` (default: the depth's).
+
+    Returns
+    -------
+    pix : ``B×2×H×W`` pixel coordinates in the source image.
+    z : ``B×1×H×W`` depth of each target pixel's point in the source camera.
+    valid : ``B×1×H×W`` 1 where the pixel lands inside the source image in front of its camera, else 0.
+    """
     points = transform_points(T_target_to_source, backproject(depth_target, K))
     pix, z = project(points, K)
-    h, w = source.shape[-2:]
+    h, w = source_size
     # A small tolerance: round-off of the solve/projection must not drop the border pixels (identity warp).
     tol = 1e-3
     u, v = pix[:, 0:1], pix[:, 1:2]
     inside = (u >= -tol) & (u <= w - 1 + tol) & (v >= -tol) & (v <= h - 1 + tol)
-    valid = (inside & (z > min_z)).to(source.dtype)
-    image = sample(source, pix, padding_mode=padding_mode)
-    return WarpResult(image=image, valid=valid, pix=pix, z=z)
+    valid = (inside & (z > min_z)).to(depth_target.dtype if dtype is None else dtype)
+    return pix, z, valid
 
 
 def rigid_flow(depth: torch.Tensor, T: torch.Tensor, K: torch.Tensor) -> torch.Tensor:

@@ -6,9 +6,18 @@ the photometric term and their masks (:meth:`LossContext.views`, shared with the
 temporal terms), the per-branch reprojection maps of the two-branch rule (:meth:`branch_maps`,
 shared by the minimum, the first difference and the confidences), the auto-mask identity errors.
 
-Speed: every set of warps is one :func:`~dualdepth_ros.geometry.warp` call on the concatenated
-batch and every set of photometric errors one :func:`photometric_error` call, so each SSIM filter
-runs once per set instead of once per map.
+Memory: the terms evaluate their reconstructions one *unit* at a time (a grid with its sources, one
+branch's grid, one feature pair, one confidence map …) with the pure functions at the end of this
+module, and reduce each unit to per-sample values (``B``) at once; no full-resolution map outlives
+its unit. With ``loss.photometric.checkpoint`` (the default) every unit is checkpointed: autograd
+keeps only its inputs (the network outputs, which are kept anyway) and recomputes the unit in the
+backward pass, so the losses add almost no activation memory to the networks'. The maths is the
+same with and without it (test/test_loss_memory.py). What is shared between terms is small: the
+detached occlusion masks and auto-mask identity errors, and per-sample values.
+
+The map-level methods :meth:`LossContext.views`, :meth:`LossContext.photometric` and
+:meth:`LossContext.branch_maps` keep every map of a scale (for inspection and tests); the terms do
+not use them.
 
 Precision: everything here is float32, whatever the autocast state: network outputs are cast on
 the way in and autocast is off inside (:func:`fp32`); back-projection, projection, pose
@@ -20,17 +29,24 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from ..geometry import WarpResult, pixel_grid, sample, scale_intrinsics, warp
-from .consistency import occlusion_mask, structure_consistency
+from ..geometry import WarpResult, backproject, pixel_grid, reproject, sample, scale_intrinsics, transform_points, warp
+from .consistency import (
+    edge_aware_smoothness,
+    featuremetric_error,
+    occlusion_mask,
+    scale_invariant_log_error,
+    structure_consistency,
+)
 from .photometric import automask, masked_mean, min_mean_first_difference, photometric_error, select_reprojection
-from .registry import clip_layout
+from .registry import REGISTRY, clip_layout
+from .two_branch import confidence_loss, two_branch_grid
 
 __all__ = ["View", "LossContext", "fp32", "resize_depth", "resize"]
 
@@ -253,17 +269,279 @@ class LossContext:
         """``B``: the largest, over the rule's grids, image-mean first difference of the fused depth (scale 0)."""
 
         def make() -> torch.Tensor:
-            grids = self.layout.branch_grids
-            jobs = [(g, r) for g, srcs in grids for r in srcs]
+            stats = []
             with torch.no_grad():
-                warps = self.warp_many([(self.color(r), self.depth(g, 0), self.T(g, r)) for g, r in jobs])
-                errors = self.pe_many([w.image for w in warps], [self.color(g) for g, _ in jobs])
-                it = iter(zip(warps, errors))
-                stats = []
-                for _, srcs in grids:
-                    pairs = [next(it) for _ in srcs]
-                    _, _, fd, any_valid = min_mean_first_difference([e for _, e in pairs], [w.valid for w, _ in pairs])
+                for g, srcs in self.layout.branch_grids:  # one grid at a time: only its maps exist at once
+                    depth = resize_depth(self.outputs[("depth_fused", g, 0)].float(), self.size)
+                    warps = self.warp_many([(self.color(r), depth, self.T(g, r)) for r in srcs])
+                    errors = self.pe_many([w.image for w in warps], [self.color(g)] * len(srcs))
+                    _, _, fd, any_valid = min_mean_first_difference(errors, [w.valid for w in warps])
                     stats.append(masked_mean(fd, any_valid))
                 return torch.stack(stats).amax(0)
 
         return self._cached("gate", make)
+
+    # -- what the terms use: units reduced at once, checkpointed (see the module docstring) -------
+    def unit(self, fn: Callable[..., Any], *args: torch.Tensor) -> Any:
+        """``fn(*args)`` in float32; with ``loss.photometric.checkpoint``, when an argument needs a gradient,
+        autograd keeps only ``args`` and recomputes ``fn`` in the backward pass.
+
+        ``fn`` is one of this module's pure unit functions (``functools.partial`` of it): every tensor
+        that needs a gradient is in ``args``; what it captures needs none and is not changed before
+        the backward pass. It must not capture this context (that would keep the cache alive).
+        """
+        with fp32(self.device.type):
+            if self.lc.photometric.checkpoint and torch.is_grad_enabled() and any(a.requires_grad for a in args):
+                return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+            return fn(*args)
+
+    def photometric_pairs(self) -> list[tuple[int, int]]:
+        """``(grid, source)`` pairs of the photometric term: target from each source (and back, bidirectionally)."""
+        tgt, srcs = self.layout.target, self.layout.sources
+        pairs = [(tgt, r) for r in srcs]
+        if self.lc.photometric.bidirectional:
+            pairs += [(r, tgt) for r in srcs]
+        return pairs
+
+    def occlusion(self, s: int) -> dict[tuple[int, int], torch.Tensor]:
+        """Scale ``s``: per photometric pair the ``B×1×H×W`` bool flow-consistent pixels (no gradient)."""
+
+        def make() -> dict[tuple[int, int], torch.Tensor]:
+            lc = self.lc
+            pairs = self.photometric_pairs()
+            h, w = self.size
+            with torch.no_grad():
+                depth = {
+                    f: resize_depth(self.outputs[("depth_fused", f, s)].float(), self.size) for f in {*sum(pairs, ())}
+                }
+                pix = {(g, r): reproject(depth[g], self.T(g, r), self.K, self.size)[0] for g, r in pairs}
+                grid = pixel_grid(h, w, device=self.device, dtype=torch.float32)[:2].unsqueeze(0)
+                out = {}
+                for g, r in pairs:
+                    back = pix.get((r, g))
+                    mask = occlusion_mask(
+                        depth[g],
+                        depth[r],
+                        self.T(g, r),
+                        self.T(r, g),
+                        self.K,
+                        lc.occlusion.alpha1,
+                        lc.occlusion.alpha2,
+                        pix=pix[(g, r)],
+                        flow_back=None if back is None else back - grid,
+                    )
+                    out[(g, r)] = mask > 0
+                return out
+
+        return self._cached(("occlusion", s), make)
+
+    def photometric_units(self, s: int) -> tuple[dict[int, torch.Tensor], dict[tuple[int, int], torch.Tensor]]:
+        """Scale ``s``: per grid of the photometric term its value, per pair its mean ``depth_diff`` (all ``B``).
+
+        The same quantities as :meth:`photometric` of :meth:`views` and the structure term's means,
+        computed one grid at a time (:func:`_photometric_grid`).
+        """
+        return self._cached(("photometric_units", s), lambda: self._photometric_units(s))
+
+    def _photometric_units(self, s: int) -> tuple[dict[int, torch.Tensor], dict[tuple[int, int], torch.Tensor]]:
+        lc, tgt, srcs = self.lc, self.layout.target, self.layout.sources
+        grids = [(tgt, srcs)]
+        if lc.photometric.bidirectional:
+            grids += [(r, (tgt,)) for r in srcs]
+        occ = self.occlusion(s) if lc.occlusion.enabled else {}
+        photometric_on = REGISTRY["photometric"].enabled(self.cfg)
+        st = lc.structure
+        photo: dict[int, torch.Tensor] = {}
+        dsc: dict[tuple[int, int], torch.Tensor] = {}
+        for g, sources in grids:
+            fn = functools.partial(
+                _photometric_grid,
+                size=self.size,
+                K=self.K,
+                color_g=self.color(g),
+                colors=[self.color(r) for r in sources],
+                occlusion=[occ.get((g, r)) for r in sources],
+                identity=self.identity(g, sources) if photometric_on else None,
+                pe_kwargs=self.pe_kwargs,
+                mode=lc.photometric.reprojection,
+                structure_eps=st.erf_eps if st.enabled else None,
+                weight_photometric=st.enabled and st.weight_photometric,
+                detach_weight=st.detach_weight,
+            )
+            depth_frames = (g, *sources) if st.enabled else (g,)  # the sources' depth: structure only
+            depths = [self.outputs[("depth_fused", f, s)] for f in depth_frames]
+            values = self.unit(fn, *depths, *[self.T(g, r) for r in sources])
+            photo[g] = values[0]
+            dsc.update(zip([(g, r) for r in sources], values[1:]))
+        return photo, dsc
+
+    def branch_units(self, s: int) -> list[tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]]:
+        """Scale ``s``, per branch: :func:`~.two_branch.two_branch_terms` of that branch's own maps.
+
+        ``(minimum, first_difference, per-grid minimum maps, per-grid any-valid maps)``; the maps are
+        detached (the confidences use them as targets only). One grid of one branch at a time.
+        """
+        return self._cached(("branch_units", s), lambda: self._branch_units(s))
+
+    def _branch_units(self, s: int) -> list[tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]]:
+        grids = self.layout.branch_grids
+        identity = [self.identity(g, srcs, "min") for g, srcs in grids]
+        out = []
+        for b in range(self.cfg.model.num_branches):
+            mins, fds, maps, masks = [], [], [], []
+            for (g, srcs), ident in zip(grids, identity):
+                fn = functools.partial(
+                    _branch_grid,
+                    size=self.size,
+                    K=self.K,
+                    color_g=self.color(g),
+                    colors=[self.color(r) for r in srcs],
+                    identity=ident,
+                    pe_kwargs=self.pe_kwargs,
+                )
+                mn, fd, mn_map, any_valid = self.unit(
+                    fn, self.outputs[("depth", g, b, s)], *[self.T(g, r) for r in srcs]
+                )
+                mins.append(mn)
+                fds.append(fd)
+                maps.append(mn_map)
+                masks.append(any_valid)
+            out.append((torch.stack(mins).mean(0), torch.stack(fds).mean(0), maps, masks))
+        return out
+
+
+# ---------------------------------------------------------------------------------------
+# Units: pure functions of network outputs → per-sample values (what LossContext.unit checkpoints)
+# ---------------------------------------------------------------------------------------
+def _photometric_grid(
+    *tensors: torch.Tensor,
+    size: tuple[int, int],
+    K: torch.Tensor,
+    color_g: torch.Tensor,
+    colors: Sequence[torch.Tensor],
+    occlusion: Sequence[torch.Tensor | None],
+    identity: torch.Tensor | None,
+    pe_kwargs: Mapping[str, Any],
+    mode: str,
+    structure_eps: float | None,
+    weight_photometric: bool,
+    detach_weight: bool,
+) -> tuple[torch.Tensor, ...]:
+    """Grid ``g`` reconstructed from each of its sources with its fused depth (photometric term, method.md §2–5).
+
+    ``tensors`` = ``depth_g, [depth_source… (with the structure term)], T_g_to_source…`` (depths at
+    the network's resolution; upsampled here).
+    Returns the grid's photometric value (selection, ``1 − depth_diff`` weight, auto-mask) and, with
+    the structure term, each source's mean ``depth_diff`` over its valid, flow-consistent pixels (all ``B``).
+    """
+    n = len(colors)
+    depth_g = resize_depth(tensors[0].float(), size)
+    Ts = tensors[-n:]
+    depths = tensors[1 : 1 + n] if structure_eps is not None else [None] * n
+    errors, valids, weights, dsc = [], [], [], []
+    for color_r, d_r, T, occ in zip(colors, depths, Ts, occlusion):
+        w = warp(color_r, depth_g, T.float(), K)
+        errors.append(photometric_error(w.image, color_g, **pe_kwargs))
+        valid = w.valid if occ is None else w.valid * occ.to(w.valid.dtype)
+        weight = torch.ones_like(valid)
+        if structure_eps is not None:
+            dd = structure_consistency(w.z, sample(resize_depth(d_r.float(), size), w.pix), structure_eps)
+            if weight_photometric:
+                weight = 1 - (dd.detach() if detach_weight else dd)
+            dsc.append(masked_mean(dd, valid))
+        valids.append(valid)
+        weights.append(weight)
+        del w
+    err, any_valid, share = select_reprojection(errors, valids, mode)
+    weight = (share * torch.cat(weights, 1)).sum(1, keepdim=True)
+    mask = any_valid if identity is None else any_valid * automask(err, identity)
+    return (masked_mean(weight * err, mask), *dsc)
+
+
+def _branch_grid(
+    depth: torch.Tensor,
+    *Ts: torch.Tensor,
+    size: tuple[int, int],
+    K: torch.Tensor,
+    color_g: torch.Tensor,
+    colors: Sequence[torch.Tensor],
+    identity: torch.Tensor | None,
+    pe_kwargs: Mapping[str, Any],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One grid of the two-branch rule with one branch's depth: :func:`~.two_branch.two_branch_grid`.
+
+    Returns ``B`` minimum and first difference, and the detached minimum and any-valid maps.
+    """
+    d = resize_depth(depth.float(), size)
+    errors, valids = [], []
+    for color_r, T in zip(colors, Ts):
+        w = warp(color_r, d, T.float(), K)
+        errors.append(photometric_error(w.image, color_g, **pe_kwargs))
+        valids.append(w.valid)
+        del w
+    mn, fd, mn_map, any_valid = two_branch_grid(errors, valids, identity)
+    return mn, fd, mn_map.detach(), any_valid
+
+
+def _confidence_unit(
+    logit0: torch.Tensor,
+    logit1: torch.Tensor,
+    *,
+    size: tuple[int, int],
+    errors: Sequence[torch.Tensor],
+    mask: torch.Tensor,
+    selection_tau: float,
+    calibration_tau: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`~.two_branch.confidence_loss` of two branches' logits, upsampled to ``size``."""
+    logits = [resize(lg.float(), size) for lg in (logit0, logit1)]
+    return confidence_loss(logits, errors, mask, selection_tau, calibration_tau)
+
+
+def _smoothness_unit(x: torch.Tensor, *, image: torch.Tensor, inverse: bool) -> torch.Tensor:
+    """:func:`~.consistency.edge_aware_smoothness` of ``1/x`` (depth) or ``x`` (features) → ``B``."""
+    x = x.float()
+    return edge_aware_smoothness(1.0 / x if inverse else x, image)
+
+
+def _featuremetric_unit(
+    feat_g: torch.Tensor,
+    feat_src: torch.Tensor,
+    depth_g: torch.Tensor,
+    T: torch.Tensor,
+    *,
+    K: torch.Tensor,
+    occlusion: torch.Tensor | None,
+) -> torch.Tensor:
+    """``|f_g − f̂_src|`` over the valid (flow-consistent) pixels of the features' grid → ``B``."""
+    d = resize_depth(depth_g.float(), tuple(feat_g.shape[-2:]))
+    w = warp(feat_src.float(), d, T.float(), K)
+    mask = w.valid if occlusion is None else w.valid * occlusion.to(w.valid.dtype)
+    return masked_mean(featuremetric_error(feat_g.float(), w.image), mask)
+
+
+def _temporal_unit(
+    depth_t: torch.Tensor,
+    depth_prev: torch.Tensor,
+    T_t_to_prev: torch.Tensor,
+    T_prev_to_t: torch.Tensor,
+    *,
+    size: tuple[int, int],
+    K: torch.Tensor,
+    occlusion: torch.Tensor | None,
+    erf_eps: float,
+    max_depth_diff: float,
+    si_lambda: float,
+) -> torch.Tensor:
+    """Scale-invariant log difference of ``D_t`` and ``D_{t−1}`` warped into ``t`` on consistent pixels → ``B``."""
+    depth = resize_depth(depth_t.float(), size)
+    prev = resize_depth(depth_prev.float(), size)
+    pix, z, valid = reproject(depth, T_t_to_prev.float(), K, size)
+    with torch.no_grad():
+        if occlusion is not None:
+            valid = valid * occlusion.to(valid.dtype)
+        dd = structure_consistency(z, sample(prev, pix), erf_eps)
+        mask = valid * (dd < max_depth_diff).to(valid.dtype)
+    # D_{t−1} warped into t: frame t−1's points expressed in camera t, sampled where t's pixels land.
+    z_prev_in_t = transform_points(T_prev_to_t.float(), backproject(prev, K))[:, 2:3]
+    return scale_invariant_log_error(depth, sample(z_prev_in_t, pix), mask, si_lambda)

@@ -7,23 +7,23 @@ Registration order is evaluation order.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import torch
 
-from ..geometry import backproject, sample, transform_points, warp
-from .consistency import (
-    edge_aware_smoothness,
-    featuremetric_error,
-    occlusion_mask,
-    scale_invariant_log_error,
-    structure_consistency,
+from .consistency import occlusion_mask
+from .context import (
+    K_at,
+    LossContext,
+    _confidence_unit,
+    _featuremetric_unit,
+    _smoothness_unit,
+    _temporal_unit,
+    resize_depth,
 )
-from .context import K_at, LossContext, resize, resize_depth
-from .photometric import masked_mean
 from .registry import loss_term
-from .two_branch import confidence_loss, two_branch_terms
 
 __all__ = [
     "photometric",
@@ -50,10 +50,10 @@ def photometric(ctx: LossContext, cfg: Any) -> dict[str, torch.Tensor]:
     scales = ctx.cfg.model.scales
     total = 0.0
     for s in scales:
-        views = ctx.views(s)
-        photo = ctx.photometric(views, tgt, srcs)
+        grids, _ = ctx.photometric_units(s)
+        photo = grids[tgt]
         if cfg.bidirectional:
-            photo = photo + sum(ctx.photometric(views, r, (tgt,)) for r in srcs) / len(srcs)
+            photo = photo + sum(grids[r] for r in srcs) / len(srcs)
         total = total + photo / len(scales)
     return {"photometric": total}
 
@@ -69,7 +69,7 @@ def structure(ctx: LossContext, cfg: Any) -> dict[str, torch.Tensor]:
     scales = ctx.cfg.model.scales
     total = 0.0
     for s in scales:
-        dsc = [masked_mean(v.depth_diff, v.valid) for v in ctx.views(s).values()]
+        dsc = list(ctx.photometric_units(s)[1].values())
         total = total + sum(dsc) / len(dsc) / len(scales)
     return {"structure": total}
 
@@ -95,13 +95,16 @@ def smoothness(ctx: LossContext, cfg: Any) -> dict[str, torch.Tensor]:
                 else:
                     d_list = [ctx.outputs[("depth", f, b, s)] for b in range(nb)]
                 for d in d_list:
-                    d = d.float()
-                    sm = sm + edge_aware_smoothness(1.0 / d, ctx.color(f, tuple(d.shape[-2:]))) / len(d_list)
+                    fn = functools.partial(_smoothness_unit, image=ctx.color(f, tuple(d.shape[-2:])), inverse=True)
+                    sm = sm + ctx.unit(fn, d) / len(d_list)
             total = total + sm / len(frames) / (2**s) / len(scales)
         out["smoothness"] = total
     if cfg.feature_weight > 0:
-        feat = ctx.outputs[("features", ctx.layout.target)][0].float()
-        out["feature_smoothness"] = edge_aware_smoothness(feat, ctx.color(ctx.layout.target, tuple(feat.shape[-2:])))
+        feat = ctx.outputs[("features", ctx.layout.target)][0]
+        fn = functools.partial(
+            _smoothness_unit, image=ctx.color(ctx.layout.target, tuple(feat.shape[-2:])), inverse=False
+        )
+        out["feature_smoothness"] = ctx.unit(fn, feat)
     return out
 
 
@@ -114,17 +117,17 @@ def smoothness(ctx: LossContext, cfg: Any) -> dict[str, torch.Tensor]:
 def temporal(ctx: LossContext, cfg: Any) -> dict[str, torch.Tensor]:
     """Scale 0: scale-invariant log difference of ``D_0`` and ``D_{−1}`` warped into 0, on consistent pixels."""
     tgt, lc = ctx.layout.target, ctx.lc
-    v = ctx.views(0)[(tgt, -1)]
-    prev = ctx.depth(-1, 0)
-    with torch.no_grad():
-        dd = v.depth_diff
-        if dd is None:
-            dd = structure_consistency(v.warp.z, sample(prev, v.warp.pix), lc.structure.erf_eps)
-        mask = v.valid * (dd < cfg.max_depth_diff).to(v.valid.dtype)
-    # D_{t−1} warped into t: frame −1's points expressed in camera t, sampled where t's pixels land.
-    z_prev_in_t = transform_points(ctx.T(-1, tgt), backproject(prev, ctx.K))[:, 2:3]
-    warped_prev = sample(z_prev_in_t, v.warp.pix)
-    return {"temporal": scale_invariant_log_error(ctx.depth(tgt, 0), warped_prev, mask, cfg.si_lambda)}
+    fn = functools.partial(
+        _temporal_unit,
+        size=ctx.size,
+        K=ctx.K,
+        occlusion=ctx.occlusion(0)[(tgt, -1)] if lc.occlusion.enabled else None,
+        erf_eps=lc.structure.erf_eps,
+        max_depth_diff=cfg.max_depth_diff,
+        si_lambda=cfg.si_lambda,
+    )
+    depths = [ctx.outputs[("depth_fused", f, 0)] for f in (tgt, -1)]
+    return {"temporal": ctx.unit(fn, *depths, ctx.T(tgt, -1), ctx.T(-1, tgt))}
 
 
 @loss_term(
@@ -138,47 +141,31 @@ def featuremetric(ctx: LossContext, cfg: Any) -> dict[str, torch.Tensor]:
     lc, tgt, srcs = ctx.lc, ctx.layout.target, ctx.layout.sources
     feats = {}
     for f in (tgt, *srcs):
-        x = ctx.outputs[("features", f)][0].float()
+        x = ctx.outputs[("features", f)][0]
         feats[f] = x.detach() if cfg.detach_features else x
     size = tuple(feats[tgt].shape[-2:])
     K = K_at(ctx.K, ctx.size, size)
-    d = {f: resize_depth(ctx.depth(f, 0), size) for f in (tgt, *srcs)}
     pairs = [p for r in srcs for p in ((tgt, r), (r, tgt))]
-    n = len(pairs)
-    w = warp(
-        torch.cat([feats[src] for _, src in pairs]),
-        torch.cat([d[g] for g, _ in pairs]),
-        torch.cat([ctx.T(g, src) for g, src in pairs]),
-        K.repeat(n, 1, 1),
-    )
-    mask = w.valid
+    occ: dict[tuple[int, int], torch.Tensor] = {}
     if lc.occlusion.enabled:
-        mask = mask * occlusion_mask(
-            torch.cat([d[g] for g, _ in pairs]),
-            torch.cat([d[src] for _, src in pairs]),
-            torch.cat([ctx.T(g, src) for g, src in pairs]),
-            torch.cat([ctx.T(src, g) for g, src in pairs]),
-            K.repeat(n, 1, 1),
-            lc.occlusion.alpha1,
-            lc.occlusion.alpha2,
-        )
-    err = masked_mean(featuremetric_error(torch.cat([feats[g] for g, _ in pairs]), w.image), mask)
-    return {"featuremetric": err.view(n, -1).sum(0) / len(srcs)}
+        with torch.no_grad():
+            d = {f: resize_depth(ctx.outputs[("depth_fused", f, 0)].float(), size) for f in (tgt, *srcs)}
+            for g, src in pairs:
+                occ[(g, src)] = (
+                    occlusion_mask(
+                        d[g], d[src], ctx.T(g, src), ctx.T(src, g), K, lc.occlusion.alpha1, lc.occlusion.alpha2
+                    )
+                    > 0
+                )
+    total = 0.0
+    for g, src in pairs:  # one pair at a time (a stride-2 map of 64 channels each)
+        fn = functools.partial(_featuremetric_unit, K=K, occlusion=occ.get((g, src)))
+        total = total + ctx.unit(fn, feats[g], feats[src], ctx.outputs[("depth_fused", g, 0)], ctx.T(g, src))
+    return {"featuremetric": total / len(srcs)}
 
 
 def _two_branch_scales(ctx: LossContext) -> list[int]:
     return [s for s in ctx.cfg.model.scales if s in ctx.lc.two_branch.scales]
-
-
-def _branch_terms(ctx: LossContext, s: int) -> list[tuple[Any, ...]]:
-    """:func:`two_branch_terms` of each branch's own maps at scale ``s`` (cached: used twice)."""
-
-    def make() -> list[tuple[Any, ...]]:
-        identity = [ctx.identity(g, srcs, "min") for g, srcs in ctx.layout.branch_grids]
-        ident = None if any(i is None for i in identity) else identity
-        return [two_branch_terms(es, vs, ident) for es, vs in ctx.branch_maps(s)]
-
-    return ctx._cached(("branch_terms", s), make)
 
 
 @loss_term(
@@ -191,7 +178,7 @@ def two_branch(ctx: LossContext, cfg: Any) -> dict[str, torch.Tensor]:
     scales = _two_branch_scales(ctx)
     b1 = b2 = 0.0
     for s in scales:
-        per_branch = _branch_terms(ctx, s)
+        per_branch = ctx.branch_units(s)
         b1 = b1 + per_branch[0][0] / len(scales)
         if cfg.difference_loss == "first_difference":
             b2 = b2 + per_branch[1][1] / len(scales)
@@ -216,13 +203,22 @@ def confidence(ctx: LossContext, cfg: Any) -> dict[str, torch.Tensor]:
     scales = ctx.cfg.model.scales
     rule_scales = _two_branch_scales(ctx)
     sel = cal = 0.0
+    masks: dict[int, list[torch.Tensor]] = {}
     for s in scales:
-        per_branch = _branch_terms(ctx, s if s in rule_scales else 0)
+        s_rule = s if s in rule_scales else 0
+        per_branch = ctx.branch_units(s_rule)
+        if s_rule not in masks:
+            masks[s_rule] = [per_branch[0][3][i] * per_branch[1][3][i] for i in range(len(grids))]
         for i, g in enumerate(grids):
-            logits = [resize(ctx.outputs[("conf_logit", g, b, s)].float(), ctx.size) for b in range(2)]
-            errs = [per_branch[b][2][i] for b in range(2)]
-            mask = per_branch[0][3][i] * per_branch[1][3][i]
-            sl, cl = confidence_loss(logits, errs, mask, cfg.selection_tau, cfg.calibration_tau)
+            fn = functools.partial(
+                _confidence_unit,
+                size=ctx.size,
+                errors=[per_branch[b][2][i] for b in range(2)],
+                mask=masks[s_rule][i],
+                selection_tau=cfg.selection_tau,
+                calibration_tau=cfg.calibration_tau,
+            )
+            sl, cl = ctx.unit(fn, *[ctx.outputs[("conf_logit", g, b, s)] for b in range(2)])
             sel = sel + sl / len(grids) / len(scales)
             cal = cal + cl / len(grids) / len(scales)
     return {"conf_selection": sel, "conf_calibration": cal}

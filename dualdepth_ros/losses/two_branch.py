@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .photometric import automask, masked_mean, min_mean_first_difference
 
-__all__ = ["confidence_loss", "two_branch_terms"]
+__all__ = ["confidence_loss", "two_branch_grid", "two_branch_terms"]
 
 
 def confidence_loss(
@@ -96,10 +96,29 @@ def two_branch_terms(
     """
     mins, fds, maps, masks = [], [], [], []
     for g, (es, vs) in enumerate(zip(errors, valids)):
-        mn, _, fd, any_valid = min_mean_first_difference(es, vs)
-        mask = any_valid if identity is None else any_valid * automask(mn, identity[g])
-        mins.append(masked_mean(mn, mask))
-        fds.append(masked_mean(fd, mask))
+        mn_mean, fd_mean, mn, any_valid = two_branch_grid(es, vs, None if identity is None else identity[g])
+        mins.append(mn_mean)
+        fds.append(fd_mean)
         maps.append(mn)
         masks.append(any_valid)
     return torch.stack(mins).mean(0), torch.stack(fds).mean(0), maps, masks
+
+
+def two_branch_grid(
+    errors: Sequence[torch.Tensor], valids: Sequence[torch.Tensor], identity: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The two-branch rule on one grid: :func:`two_branch_terms` for a single grid.
+
+    Parameters
+    ----------
+    errors, valids : the grid's ``B×1×H×W`` maps reconstructed from each of its neighbours.
+    identity : the grid's auto-mask identity error, or ``None``.
+
+    Returns
+    -------
+    minimum, first_difference : ``B`` per-sample means over the masked pixels.
+    min_map, any_valid : ``B×1×H×W`` per-pixel minimum and the pixels with a valid neighbour.
+    """
+    mn, _, fd, any_valid = min_mean_first_difference(errors, valids)
+    mask = any_valid if identity is None else any_valid * automask(mn, identity)
+    return masked_mean(mn, mask), masked_mean(fd, mask), mn, any_valid
