@@ -6,12 +6,19 @@ above what the process held before the step. Each configuration is measured at b
 2; the difference is the memory **per clip** (what the trainer's micro-batching scales with), the
 rest is the fixed cost. On CUDA the trainer's own measurement (:mod:`dualdepth_ros.training.memory`)
 reports the allocator's peak instead.
+
+glibc keeps much of what a step frees (its mmap threshold grows with the buffers freed, and freed
+heap memory stays resident), so the resident set overstates the memory the step's tensors hold at
+once. ``--live`` runs the children with ``MALLOC_MMAP_THRESHOLD_=65536``: every buffer of 64 KiB or
+more is returned when freed, and the peak is that of the memory in use, the quantity a GPU's
+allocator reports (``torch.cuda.max_memory_allocated``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -46,14 +53,29 @@ print(json.dumps({"before_gib": before / 2**20, "peak_gib": peak / 2**20}))
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", default="640x192", metavar="WxH")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="memory in use rather than resident: freed buffers are returned at once (glibc mmap threshold 64 KiB)",
+    )
 
 
-def _measure(w: int, h: int, batch: int, configs: list[str], overrides: list[str]) -> dict[str, float]:
+#: ``--live``: glibc returns every freed buffer of at least this many bytes to the system at once.
+LIVE_MMAP_THRESHOLD = 65536
+
+
+def _measure(
+    w: int, h: int, batch: int, configs: list[str], overrides: list[str], live: bool = False
+) -> dict[str, float]:
+    env = dict(os.environ)
+    if live:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(LIVE_MMAP_THRESHOLD)
     out = subprocess.run(
         [sys.executable, "-c", _CHILD, str(w), str(h), str(batch), str(len(configs)), *configs, *overrides],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -62,8 +84,8 @@ def run(args: argparse.Namespace) -> int:
     w, h = (int(v) for v in args.size.lower().split("x"))
     results = []
     for name, (configs, overrides) in CASES.items():
-        one = _measure(w, h, 1, configs, overrides)
-        two = _measure(w, h, 2, configs, overrides)
+        one = _measure(w, h, 1, configs, overrides, args.live)
+        two = _measure(w, h, 2, configs, overrides, args.live)
         step1 = one["peak_gib"] - one["before_gib"]
         step2 = two["peak_gib"] - two["before_gib"]
         per_clip = step2 - step1
@@ -76,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
                 "step_gib_batch1": step1,
                 "step_gib_batch2": step2,
                 "model_gib": one["before_gib"],
+                "memory": "live" if args.live else "resident",
             }
         )
     base = results[0]["per_clip_gib"]
@@ -84,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"results": results}, indent=2))
         return 0
-    print(f"peak host memory of one training step above the loaded model, {w}x{h}, 1 thread")
+    what = "in use (--live: freed buffers returned at once)" if args.live else "resident (RSS)"
+    print(f"peak host memory {what} of one training step above the loaded model, {w}x{h}, 1 thread")
     for r in results:
         print(
             f"{r['case']:>42}: {r['per_clip_gib']:.3f} GiB per clip ({r['per_clip_ratio']:.2f}× the baseline), "

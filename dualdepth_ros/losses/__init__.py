@@ -8,8 +8,9 @@ Package layout
 ``photometric`` SSIM, photometric error, reprojection selection, auto-mask (pure functions);
 ``consistency`` occlusion, structure, feature-metric, temporal, smoothness primitives;
 ``two_branch`` the rule's per-branch terms and the confidence loss; ``registry`` the term
-registry and the clip layout; ``context`` what terms share within one call (batched warps and
-errors, computed once); ``terms`` one registered function per term. A new term is one
+registry and the clip layout; ``context`` what terms share within one call and the units they
+evaluate one at a time (checkpointed: the losses keep almost no memory for backward); ``terms`` one
+registered function per term. A new term is one
 function in ``terms`` and one config section (see :mod:`.registry`).
 
 Interface with the trainer

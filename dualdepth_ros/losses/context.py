@@ -1,10 +1,11 @@
 """What the terms of one :func:`~dualdepth_ros.losses.compute_losses` call share, computed once.
 
 A :class:`LossContext` wraps the batch and the network outputs and computes, lazily and at most
-once, everything more than one term needs: depths at the input resolution, the reprojections of
-the photometric term and their masks (:meth:`LossContext.views`, shared with the structure and
-temporal terms), the per-branch reprojection maps of the two-branch rule (:meth:`branch_maps`,
-shared by the minimum, the first difference and the confidences), the auto-mask identity errors.
+once, everything more than one term needs: the photometric term's per-grid values and per-pair
+structure means (:meth:`LossContext.photometric_units`, shared with the structure term) and their
+occlusion masks (:meth:`occlusion`, shared with the temporal term), each branch's two-branch terms
+and per-grid minimum maps (:meth:`branch_units`, shared by the minimum, the first difference and
+the confidences), the auto-mask identity errors, the gate statistic.
 
 Memory: the terms evaluate their reconstructions one *unit* at a time (a grid with its sources, one
 branch's grid, one feature pair, one confidence map …) with the pure functions at the end of this
@@ -288,11 +289,13 @@ class LossContext:
 
         ``fn`` is one of this module's pure unit functions (``functools.partial`` of it): every tensor
         that needs a gradient is in ``args``; what it captures needs none and is not changed before
-        the backward pass. It must not capture this context (that would keep the cache alive).
+        the backward pass, and it draws no random numbers. It must not capture this context (that
+        would keep the cache alive).
         """
         with fp32(self.device.type):
             if self.lc.photometric.checkpoint and torch.is_grad_enabled() and any(a.requires_grad for a in args):
-                return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+                # The units draw no random numbers: no RNG state to save and restore.
+                return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)
             return fn(*args)
 
     def photometric_pairs(self) -> list[tuple[int, int]]:
