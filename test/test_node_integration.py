@@ -145,20 +145,25 @@ def test_outputs_are_well_formed_accurate_and_equal_to_the_offline_pipeline(runn
     summary = _score(outputs, frames, metric=False)
     abs_rel = summary["median_scaled"]["abs_rel"]
     assert summary["n_images"] == 100
-    assert abs_rel < 0.3
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "dualdepth_ros.cli", "eval", "--checkpoint", "models/dualdepth_default.pt"]
-        + ["--bag", str(SAMPLE_BAG), "--no-pose", "--cache-dir", "memory", "--json", "-"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=str(SAMPLE_BAG.parents[2]),
-    )
-    assert proc.returncode == 0, proc.stderr
-    eval_abs_rel = json.loads(proc.stdout)["median_scaled"]["abs_rel"]
-    print(f"\nnode median-scaled AbsRel {abs_rel:.4f}, dualdepth eval {eval_abs_rel:.4f}")
+    def offline_eval(*extra: str) -> float:
+        proc = subprocess.run(
+            [sys.executable, "-m", "dualdepth_ros.cli", "eval", "--checkpoint", "models/dualdepth_default.pt"]
+            + ["--bag", str(SAMPLE_BAG), "--no-pose", "--cache-dir", "memory", "--json", "-", *extra],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=str(SAMPLE_BAG.parents[2]),
+        )
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)["median_scaled"]["abs_rel"]
+
+    eval_abs_rel, constant = offline_eval(), offline_eval("--constant-reference")
+    print(f"\nnode median-scaled AbsRel {abs_rel:.4f}, dualdepth eval {eval_abs_rel:.4f}, constant {constant:.4f}")
     assert abs(abs_rel - eval_abs_rel) < 0.005
+    # The shipped model is trained on real roads; on this synthetic drive it must still beat a constant depth
+    # clearly (models/MODEL_CARD.md gives both figures).
+    assert abs_rel < 0.8 * constant
 
 
 def test_camera_height_scale_gives_metric_depth(running, frames) -> None:
