@@ -350,3 +350,13 @@ def test_checkpointed_units_keep_almost_nothing_for_backward(monkeypatch: pytest
     assert lean < 0.1 * networks, (lean, networks)
     assert unchecked < ref_unchecked, (unchecked, ref_unchecked)  # one unit at a time: no batched copies kept
     assert len(contexts) == 4 and all(c() is None for c in contexts)  # freed although the graphs live on
+
+
+def test_bench_memory_live_runs_the_step_with_freed_buffers_returned() -> None:
+    """``bench memory --live`` measures with glibc's mmap threshold fixed (and the default without it)."""
+    from dualdepth_ros.bench.memory import LIVE_MMAP_THRESHOLD, _measure
+
+    live = _measure(64, 32, 1, ["monodepth2"], [], live=True)
+    assert live["mmap_threshold"] == str(LIVE_MMAP_THRESHOLD)
+    assert live["peak_gib"] > live["before_gib"] > 0
+    assert _measure(64, 32, 1, ["monodepth2"], [], live=False)["mmap_threshold"] is None

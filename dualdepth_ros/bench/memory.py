@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 #: label → (config files/names, overrides).
 CASES = {
@@ -30,7 +31,7 @@ CASES = {
 }
 
 _CHILD = r"""
-import json, resource, sys, torch
+import json, os, resource, sys, torch
 from dualdepth_ros.config import load_config
 from dualdepth_ros.losses import SelfSupervisedLoss, clip_layout
 from dualdepth_ros.networks import DepthModel
@@ -46,7 +47,8 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 total, _ = loss_fn(batch, model(batch))
 total.backward()
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"before_gib": before / 2**20, "peak_gib": peak / 2**20}))
+threshold = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+print(json.dumps({"before_gib": before / 2**20, "peak_gib": peak / 2**20, "mmap_threshold": threshold}))
 """
 
 
@@ -66,8 +68,12 @@ LIVE_MMAP_THRESHOLD = 65536
 
 def _measure(
     w: int, h: int, batch: int, configs: list[str], overrides: list[str], live: bool = False
-) -> dict[str, float]:
+) -> dict[str, Any]:
+    """Peak RSS (GiB) of one step in a fresh process: ``before_gib``, ``peak_gib``, and the child's
+    ``mmap_threshold`` (glibc's, as set by ``live``; ``None``: glibc's dynamic default).
+    """
     env = dict(os.environ)
+    env.pop("MALLOC_MMAP_THRESHOLD_", None)
     if live:
         env["MALLOC_MMAP_THRESHOLD_"] = str(LIVE_MMAP_THRESHOLD)
     out = subprocess.run(
