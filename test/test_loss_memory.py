@@ -358,5 +358,5 @@ def test_bench_memory_live_runs_the_step_with_freed_buffers_returned() -> None:
 
     live = _measure(64, 32, 1, ["monodepth2"], [], live=True)
     assert live["mmap_threshold"] == str(LIVE_MMAP_THRESHOLD)
-    assert live["peak_gib"] > live["before_gib"] > 0
+    assert live["peak_gib"] >= live["before_gib"] > 0
     assert _measure(64, 32, 1, ["monodepth2"], [], live=False)["mmap_threshold"] is None
