@@ -23,6 +23,7 @@ PIP_FILTER := grep -v "^WARNING: Location 'file:" || true
 # model trains on REAL_TRAIN_DRIVES; `make real-eval` scores every drive with ground truth.
 REAL_DATA         ?= $(abspath ../shared/data)
 REAL_TRAIN_DRIVES ?= kitti_odometry_03 kitti_raw_0005
+REAL_PLOT_DRIVE   ?= kitti_raw_0009
 # Synthetic drives (ablations, the ladder, and the held-out drive the default model is also scored on); the
 # training seeds are never used by evaluation.
 DATA          := runs/data
@@ -132,8 +133,9 @@ train: real-train-drives setup $(HELDOUT_BAG)
 	$(VENV)/bin/dualdepth pack --checkpoint runs/default/last.pt --out $(MODEL)
 	$(VENV)/bin/dualdepth real-eval --model $(MODEL) --data $(REAL_DATA) --curve runs/default \
 	  --json models/dualdepth_default.real_eval.json --table models/dualdepth_default.real_eval.md
-	$(VENV)/bin/dualdepth eval --checkpoint $(MODEL) --bag $(HELDOUT_BAG) --json models/dualdepth_default.eval.json \
+	$(VENV)/bin/dualdepth eval --checkpoint $(MODEL) --bag $(REAL_DATA)/$(REAL_PLOT_DRIVE)/bag --no-pose \
 	  --plots models/dualdepth_default_plots
+	$(VENV)/bin/dualdepth eval --checkpoint $(MODEL) --bag $(HELDOUT_BAG) --json models/dualdepth_default.eval.json
 	$(MAKE) export-default
 
 real-train-drives:
