@@ -8,7 +8,6 @@ no code with the warping under test, so they are independent checks of it.
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import numpy as np
 import pytest
@@ -512,7 +511,6 @@ def test_overfit_one_tiny_clip(repo_root) -> None:
     model = DepthModel(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.learning_rate)
     losses, photo = [], []
-    t0 = time.time()
     for _ in range(20):
         total, terms = compute_losses(batch, model(batch), cfg)
         opt.zero_grad()
@@ -520,11 +518,9 @@ def test_overfit_one_tiny_clip(repo_root) -> None:
         opt.step()
         losses.append(total.item())
         photo.append(terms["photometric"].item())
-    elapsed = time.time() - t0
     assert np.mean(losses[-3:]) < 0.85 * losses[0], losses
     closed = (photo[0] - np.mean(photo[-3:])) / (photo[0] - photo_gt)
     assert closed > 0.3, (photo, photo_gt)
-    assert elapsed < 60, elapsed
 
 
 # ---------------------------------------------------------------------------------------

@@ -209,17 +209,7 @@ class LossContext:
             if lc.occlusion.enabled:
                 back = warps.get((r, g))
                 flow_back = None if back is None else (back.pix - grid).detach()
-                valid = valid * occlusion_mask(
-                    depth[g],
-                    depth[r],
-                    self.T(g, r),
-                    self.T(r, g),
-                    self.K,
-                    lc.occlusion.alpha1,
-                    lc.occlusion.alpha2,
-                    pix=w.pix.detach(),
-                    flow_back=flow_back,
-                )
+                valid = valid * self._occlusion_mask(depth, g, r, w.pix.detach(), flow_back)
             dd = None
             weight = torch.ones_like(valid)
             if lc.structure.enabled:
@@ -306,11 +296,24 @@ class LossContext:
             pairs += [(r, tgt) for r in srcs]
         return pairs
 
+    def _occlusion_mask(
+        self,
+        depth: Mapping[int, torch.Tensor],
+        g: int,
+        r: int,
+        pix: torch.Tensor,
+        flow_back: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The flow-consistency occlusion mask of target ``g`` warped from ``r`` (``loss.occlusion``)."""
+        occ = self.lc.occlusion
+        return occlusion_mask(
+            depth[g], depth[r], self.T(g, r), self.T(r, g), self.K, occ.alpha1, occ.alpha2, pix=pix, flow_back=flow_back
+        )
+
     def occlusion(self, s: int) -> dict[tuple[int, int], torch.Tensor]:
         """Scale ``s``: per photometric pair the ``B×1×H×W`` bool flow-consistent pixels (no gradient)."""
 
         def make() -> dict[tuple[int, int], torch.Tensor]:
-            lc = self.lc
             pairs = self.photometric_pairs()
             h, w = self.size
             with torch.no_grad():
@@ -322,17 +325,7 @@ class LossContext:
                 out = {}
                 for g, r in pairs:
                     back = pix.get((r, g))
-                    mask = occlusion_mask(
-                        depth[g],
-                        depth[r],
-                        self.T(g, r),
-                        self.T(r, g),
-                        self.K,
-                        lc.occlusion.alpha1,
-                        lc.occlusion.alpha2,
-                        pix=pix[(g, r)],
-                        flow_back=None if back is None else back - grid,
-                    )
+                    mask = self._occlusion_mask(depth, g, r, pix[(g, r)], None if back is None else back - grid)
                     out[(g, r)] = mask > 0
                 return out
 
