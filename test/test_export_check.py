@@ -118,9 +118,32 @@ def shipped(tmp_path_factory):
     return out, loaded
 
 
+def noisiest_scaled(loaded, factors=(1.2, 1.3, 1.4, 1.5, 1.6, 1.8, 2.0), max_saturated: float = 0.8):
+    """The scaled model whose fp32 depth is farthest from its float64 depth, of those with most pixels unsaturated.
+
+    How far a factor can go before the depth pins at the head's limits depends on the weights (the
+    synthetic-trained default took × 2; the real-trained one saturates from × 1.5): search, so that
+    the test keeps its hardest case whatever model is shipped.
+    """
+    x = torch.rand(1, 3, 48, 160, generator=torch.Generator().manual_seed(1))
+    best, best_noise = None, -1.0
+    for f in factors:
+        model = scaled(loaded, f)
+        d32 = reference_outputs(model.depth_net, x, torch.float32)[0]
+        d64 = reference_outputs(model.depth_net, x, torch.float64)[0]
+        if np.mean((d64 < 0.11) | (d64 > 90.0)) > max_saturated:
+            continue
+        noise = float(np.max(np.abs(d32 - d64) / d64))
+        if noise > best_noise:
+            best, best_noise = (f, model), noise
+    assert best is not None, "every factor saturates the depth"
+    return best
+
+
 @pytest.fixture(scope="module")
 def scaled2(shipped, tmp_path_factory):
-    model = scaled(shipped[1], 2.0)
+    factor, model = noisiest_scaled(shipped[1])
+    print(f"\nnoisiest scaled model: × {factor}")
     out = tmp_path_factory.mktemp("check") / "scaled2"
     export_model(model, out, per_branch=True)  # raises if the check refuses it
     return out, model
@@ -138,13 +161,13 @@ def test_the_reference_is_the_exported_module_in_fp32(shipped) -> None:
     assert reference_outputs(loaded.depth_net, x, torch.float64)[0].dtype == np.float64
 
 
-@pytest.mark.parametrize("which", ["shipped", "random", "scaled x1.6", "scaled x2", "trained 6 steps"])
+@pytest.mark.parametrize("which", ["shipped", "random", "scaled x1.2", "scaled (noisiest)", "trained 6 steps"])
 def test_correct_fp32_exports_pass(shipped, scaled2, tmp_path: Path, which: str) -> None:
-    folder, loaded = {"shipped": shipped, "scaled x2": scaled2}.get(which, shipped)
-    if which not in ("shipped", "scaled x2"):
+    folder, loaded = {"shipped": shipped, "scaled (noisiest)": scaled2}.get(which, shipped)
+    if which not in ("shipped", "scaled (noisiest)"):
         model = {
             "random": tiny_random,
-            "scaled x1.6": lambda: scaled(loaded, 1.6),
+            "scaled x1.2": lambda: scaled(loaded, 1.2),
             "trained 6 steps": lambda: tiny_trained(tmp_path),
         }[which]()
         folder = tmp_path / "m"
@@ -157,8 +180,8 @@ def test_correct_fp32_exports_pass(shipped, scaled2, tmp_path: Path, which: str)
     old = old_check_error(folder, loaded.depth_net)
     print(f"\n{which}: worst error {100 * used:.3g} % of the bound; old check's relative depth difference {old:.3g}")
     assert used < 0.25  # a wide margin: a correct graph uses a small part of the bound
-    if which.startswith("scaled"):
-        assert old > OLD_DEPTH_RTOL  # the old check refused these correct graphs
+    if which == "scaled (noisiest)":
+        assert old > OLD_DEPTH_RTOL  # the old check refused this correct graph
 
 
 # ---------------------------------------------------------------------------------------
@@ -208,10 +231,11 @@ BROKEN = [
 
 
 @pytest.mark.parametrize("how", BROKEN)
-@pytest.mark.parametrize("base", ["shipped", "scaled x2"])
+@pytest.mark.parametrize("base", ["shipped", "scaled (noisiest)"])
 def test_a_graph_that_computes_something_else_is_refused(shipped, scaled2, tmp_path: Path, base: str, how: str) -> None:
-    """Refused on the shipped model and on the × 2 one, whose own rounding noise is the largest (the
-    hardest case: measured 2.3 × the bound for the first initializer × 1.01, 7 × for the last one).
+    """Refused on the shipped model and on the scaled one whose own rounding noise is the largest (the
+    hardest case; with the synthetic-trained default at × 2: 2.3 × the bound for the first initializer
+    × 1.01, 7 × for the last one).
     """
     src, loaded = shipped if base == "shipped" else scaled2
     folder = tmp_path / "broken"

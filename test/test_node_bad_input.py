@@ -164,9 +164,13 @@ def test_bad_raw_input(ros) -> None:
             assert client.send_and_wait(_good(f, next_stamp()), timeout=30) is not None
             assert sum("unsupported image encoding" in line for line in node.lines) <= _throttled(t_first)
             assert sum("unsupported image encoding" in line for line in node.lines) >= n
-            # every bad frame is accounted for in the diagnostics (the throttled one too): refused, or dropped
-            # for the good frame sent right after it (newest frame only); the three sent before any camera_info:
-            # counted as such, or dropped for a newer one; every good frame was published
+            # every frame the node received is accounted for in the diagnostics: a bad one refused, or dropped
+            # for the good frame sent right after it (newest frame only); the three sent before any camera_info
+            # counted as such, or dropped for a newer one; every good frame published. A frame sent right
+            # before another can be replaced in the subscription's one-deep queue before the callback takes
+            # it (qos_input_depth 1, newest frame only), so the node never receives it: on a loaded machine
+            # "received" can be below what was sent, but never above, and never without the bad frames
+            # whose log lines were awaited above.
             n_bad = len(cases) + 3 + 1
             n_no_info = 3
             n_good = len(client.outputs)
@@ -175,14 +179,15 @@ def test_bad_raw_input(ros) -> None:
                 if not client.diag:
                     return False
                 d = {kv.key: int(kv.value) for kv in client.diag[-1].values if kv.value.isdigit()}
+                received = d["frames received"]
                 return (
                     d["frames published"] == n_good
                     and d["frames refused (bad input)"] + d["frames dropped"] + d["frames without camera_info"]
-                    == n_bad + n_no_info
-                    and d["frames received"] == n_good + n_bad + n_no_info
+                    == received - n_good
+                    and n_good + sum(log is not None for _, log in cases) <= received <= n_good + n_bad + n_no_info
                 )
 
-            assert wait_until(accounted, 30), {kv.key: kv.value for kv in client.diag[-1].values}
+            assert wait_until(accounted, 30), str({kv.key: kv.value for kv in client.diag[-1].values})
             # nothing wrong was ever published: every output belongs to a good frame
             for out in client.outputs.values():
                 d = out["depth"]
