@@ -53,7 +53,9 @@ def main(checkpoint: str, bag: str, max_depth: float = 80.0) -> None:
             if sparse and is_kitti_shaped(*gt.shape):
                 valid &= garg_crop_mask(*gt.shape)
             key = (frame.gt_intrinsics.as_tuple(), frame.intrinsics.as_tuple())
-            grid = grids.setdefault(key, GridMap.between(frame.gt_intrinsics, frame.intrinsics))
+            grid = grids.get(key)
+            if grid is None:  # one map per camera, not per frame
+                grid = grids[key] = GridMap.between(frame.gt_intrinsics, frame.intrinsics)
             valid &= grid.inside()
             if not valid.any():
                 continue

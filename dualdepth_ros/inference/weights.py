@@ -118,9 +118,9 @@ def load_weights(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[to
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
-        from ..training.checkpoint import _unpickling_reason
+        from ..training.checkpoint import _refuses_an_object, _unpickling_reason
 
-        if any(w in str(err) for w in ("GLOBAL", "Can only build", "Unsupported global")):  # an object refused
+        if _refuses_an_object(err):
             raise ModelError(
                 f"refusing {path}: it holds Python objects other than tensors and plain data "
                 f"({_unpickling_reason(err)}), and loading them could run code; use the weights.pt "

@@ -104,6 +104,11 @@ def _numpy_data_globals() -> list[Any]:
     return allowed
 
 
+def _refuses_an_object(err: BaseException) -> bool:
+    """True when a ``weights_only`` load failed because the file names a Python object (not corruption)."""
+    return any(w in str(err) for w in ("GLOBAL", "Can only build", "Unsupported global"))
+
+
 def _unpickling_reason(err: BaseException) -> str:
     """The line of a ``weights_only`` refusal that names what was refused (torch's message is a paragraph)."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
@@ -154,7 +159,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         text = str(err)
-        if not any(w in text for w in ("GLOBAL", "Can only build", "Unsupported global")):  # not an object refused
+        if not _refuses_an_object(err):
             reason = _unpickling_reason(err) if "weights only" in text.lower() else text.strip()[:200]
             raise DualDepthError(f"cannot read checkpoint {path} (corrupt or not a .pt file: {reason})") from None
         raise DualDepthError(
