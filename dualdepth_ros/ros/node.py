@@ -438,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:  # noqa: BLE001 - a signal's shutdown can land while spin builds its wait set
+        if rclpy.ok():  # the context is alive: a real failure
+            raise
     finally:
         stats = node.stats.snapshot()
         node.destroy_node()
