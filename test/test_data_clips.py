@@ -9,7 +9,7 @@ import torch
 
 from dualdepth_ros.data import ColorJitter, flip_pose, sample_clips, split_clips, static_mask
 from dualdepth_ros.data.augment import hsv_to_rgb, rgb_to_hsv
-from dualdepth_ros.data.frames import frame_motion
+from dualdepth_ros.data.frames import MOTION_PERCENTILES, frame_motion
 from dualdepth_ros.geometry import backproject, pose_vec_to_mat, project, transform_points
 
 P = 100_000_000  # 10 Hz in ns
@@ -23,22 +23,51 @@ def test_static_mask_drops_a_repeated_run():
     assert static_mask(motion, threshold=0.0).all()
 
 
-def test_frame_motion_is_robust_to_other_traffic():
-    rng = np.random.default_rng(0)
+def _scene_with_a_car(seed: int = 0):
+    rng = np.random.default_rng(seed)
     scene = cv2.GaussianBlur(rng.integers(0, 256, (96, 200), dtype=np.uint8), (0, 0), 1.5)
     car = cv2.GaussianBlur(rng.integers(0, 256, (40, 50), dtype=np.uint8), (0, 0), 1.5)
 
-    def frame(pan: int, car_x: int) -> np.ndarray:
+    def frame(pan: int, car_x: int, car_w: int = 50) -> np.ndarray:
         img = np.ascontiguousarray(scene[:, pan : pan + 160])
-        img[30:70, car_x : car_x + 50] = car
+        img[30:70, car_x : car_x + car_w] = car[:, :car_w]
         return img
 
+    return frame
+
+
+def test_frame_motion_is_robust_to_other_traffic():
+    frame = _scene_with_a_car()
+    p50, p75 = (MOTION_PERCENTILES.index(p) for p in (50, 75))
     standing = frame_motion(frame(0, 10), frame(0, 25))  # a car passes 15 px, the camera stands
     panning = frame_motion(frame(0, 10), frame(3, 7))  # the camera pans 3 px, the car with it
     whole_image = np.mean(np.abs(frame(0, 10).astype(float) - frame(0, 25)))
-    assert standing < 0.05 and whole_image > 2  # a whole-image difference would call this motion
-    assert panning == pytest.approx(3.0, abs=0.2)
-    assert np.isnan(frame_motion(np.zeros((48, 64), np.uint8), np.zeros((48, 64), np.uint8)))
+    assert standing[p50] < 0.05 and whole_image > 2  # a whole-image difference would call this motion
+    assert panning[p50] == pytest.approx(3.0, abs=0.2) and panning[p75] == pytest.approx(3.0, abs=0.2)
+    assert np.isnan(frame_motion(np.zeros((48, 64), np.uint8), np.zeros((48, 64), np.uint8))).all()
+
+
+def test_the_75th_percentile_sees_a_camera_moving_in_a_jam():
+    """Vehicles keeping pace with the camera do not move in the image: where they hold over half of
+    the tracked corners, the median calls a moving camera still; the 75th percentile does not, and
+    still calls a standing camera still while one car passes it."""
+    rng = np.random.default_rng(1)
+    scene = cv2.GaussianBlur(rng.integers(0, 256, (96, 200), dtype=np.uint8), (0, 0), 1.5)
+    jam = cv2.GaussianBlur(rng.integers(0, 256, (96, 100), dtype=np.uint8), (0, 0), 1.5)
+
+    def frame(pan: int) -> np.ndarray:
+        img = np.ascontiguousarray(scene[:, pan : pan + 160])
+        img[:, 30:130] = jam  # lead and side vehicles at the camera's speed, 5/8 of the image: fixed in it
+        return img
+
+    p50, p75 = (MOTION_PERCENTILES.index(p) for p in (50, 75))
+    moving = frame_motion(frame(0), frame(3))
+    assert moving[p50] < 0.5 and moving[p75] == pytest.approx(3.0, abs=0.3)
+    assert static_mask(np.array([np.nan, moving[p75]]), 1.0).all()
+    assert not static_mask(np.array([np.nan, moving[p50]]), 1.0)[1]
+    car = _scene_with_a_car()
+    standing = frame_motion(car(0, 10, 30), car(0, 25, 30))  # a narrower car passes a standing camera
+    assert standing[p75] < 0.05
 
 
 def test_sample_clips_respects_offsets_and_gaps():

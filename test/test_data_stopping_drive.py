@@ -18,7 +18,7 @@ from tiny_config import TINY_MODEL
 
 from dualdepth_ros.config import DEFAULT_CONFIG, load_config
 from dualdepth_ros.data import ClipDataset, DataConfig, load_stores
-from dualdepth_ros.data.frames import _motions
+from dualdepth_ros.data.frames import MOTION_PERCENTILES, _motions
 from dualdepth_ros.errors import DualDepthError
 from dualdepth_ros.training.trainer import Trainer
 
@@ -55,11 +55,12 @@ def test_still_camera_filter_keeps_the_same_frames_at_two_training_sizes(stoppin
     keep = ClipDataset([big], cfg, "all").stats[0]["kept"]
     assert keep == ClipDataset([small], cfg, "all").stats[0]["kept"]
     times = (big.stamps - big.stamps[0]) / 1e9
-    moving = big.motion >= cfg.static_threshold
+    moving = big.motion_at(cfg.static_percentile) >= cfg.static_threshold
     assert not moving[times > 6.05].any() and moving[(times > 0.05) & (times < 3.5)].all()
     # Measured at the network's size (the old way) the braking frames fall on different sides of the threshold.
-    old_big = int((_motions(big.rgb) >= cfg.static_threshold).sum())
-    old_small = int((_motions(small.rgb) >= cfg.static_threshold).sum())
+    column = MOTION_PERCENTILES.index(cfg.static_percentile)
+    old_big = int((_motions(big.rgb)[:, column] >= cfg.static_threshold).sum())
+    old_small = int((_motions(small.rgb)[:, column] >= cfg.static_threshold).sum())
     assert old_small < old_big
 
 
@@ -74,7 +75,7 @@ def test_validation_split_exists_although_the_drive_ends_standing_still(stopping
     assert va.isdisjoint(tr) and max(times[sorted(va)]) < 6.0  # moving frames only
     assert min(abs(times[a] - times[b]) for a in tr for b in va) > cfg.split_gap_s
     last_tenth = times >= 0.9 * times[-1]  # where the old time-based split put validation: all standing still
-    assert not (stores[0].motion[last_tenth] >= cfg.static_threshold).any()
+    assert not (stores[0].motion_at(cfg.static_percentile)[last_tenth] >= cfg.static_threshold).any()
 
 
 def _trainer(bag, out, cache, *overrides, **data):
@@ -103,7 +104,7 @@ def test_too_few_clips_name_the_filter_and_its_setting(stopping_bag, cache, tmp_
     with pytest.raises(DualDepthError) as err:
         _trainer(stopping_bag, tmp_path / "run", cache, "optim.batch_size=64")
     msg = str(err.value)
-    assert f"{FRAMES} frames" in msg and "moving (median optical flow >= data.static_threshold = 1 px" in msg
+    assert f"{FRAMES} frames" in msg and "moving (optical flow p75 >= data.static_threshold = 1 px" in msg
     assert "331x100 camera image" in msg and "lower data.static_threshold" in msg and "set aside for validation" in msg
     with pytest.raises(DualDepthError, match="lacks \\[-2, 2\\]"):
         _trainer(stopping_bag, tmp_path / "run2", cache, frame_offsets=[-1, 0, 1])

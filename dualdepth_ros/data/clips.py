@@ -6,12 +6,15 @@ Static frames
     A camera standing still gives the self-supervised losses nothing to learn from (and
     teaches the network that everything is infinitely far). As in SfMLearner's preprocessing
     (frames whose optical flow is below a pixel are dropped), a frame is kept only when its
-    image motion to the previous frame — the median sparse optical flow over tracked corners,
+    image motion to the previous frame — a percentile (``data.static_percentile``, 75 by default)
+    of the sparse optical flow over tracked corners,
     :func:`~dualdepth_ros.data.frames.frame_motion`, in pixels of the rectified camera image
     (not of the model's input, so a drive keeps the same frames at any training size) —
-    reaches ``threshold`` pixels. The median
+    reaches ``threshold`` pixels. A percentile
     over corners, unlike a whole-image difference, stays at zero when other traffic passes a
-    standing camera (the sample drive's stop has an oncoming car). A repeated frame run has
+    standing camera (the sample drive's stop has an oncoming car) and above it when traffic keeps
+    pace with a moving camera (a jam: at the 75th percentile, up to three quarters of the corners
+    may sit on vehicles that do not move in the image). A repeated frame run has
     zero motion and is dropped after its first frame; the motion is not accumulated over
     dropped frames, because sensor noise alone (≈0.01 px per frame) would then slowly add up.
 

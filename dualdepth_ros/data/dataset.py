@@ -23,7 +23,7 @@ from ..preprocess import DEFAULT_RESIZE_MODE, RESIZE_MODES, Preprocessor
 from .augment import ColorJitter, flip_pose
 from .bags import expand_bag_paths
 from .clips import auto_max_gap_ns, sample_clips, split_clips, static_mask
-from .frames import FrameStore, default_cache_dir, load_frames
+from .frames import MOTION_PERCENTILES, FrameStore, default_cache_dir, load_frames
 
 __all__ = ["DataConfig", "load_stores", "ClipDataset", "make_datasets", "Frame", "FrameSequence", "iter_frames"]
 
@@ -57,9 +57,13 @@ class DataConfig:
     frame_offsets : clip offsets in kept frames (must include 0), e.g. ``[-2, -1, 0, 1, 2]``.
         The trainer uses the frames its method needs (``losses.clip_layout``) and requires
         them to be listed here.
-    static_threshold : image motion to the previous frame (median optical flow, in pixels of
-        the rectified camera image, whatever the model's input size) a frame needs to be kept
-        (0 keeps all).
+    static_threshold : image motion to the previous frame (sparse optical flow at
+        ``static_percentile``, in pixels of the rectified camera image, whatever the model's input
+        size) a frame needs to be kept (0 keeps all).
+    static_percentile : which percentile of the tracked features' motion the filter reads, one of
+        :data:`~.frames.MOTION_PERCENTILES`. 75 (default): a frame is moving when a quarter of its
+        features move, so traffic keeping pace with the camera over up to three quarters of them
+        does not hide the camera's motion; 50 (the median, before): up to half.
     max_gap_s : largest time between consecutive frames in a clip; None = 4 × median period.
     val_fraction, val_blocks, split_gap_s : ``val_fraction`` of each bag's clips (moving
         frames only) are validation, in ``val_blocks`` blocks spread over the drive, separated
@@ -87,6 +91,7 @@ class DataConfig:
     rectify_gt: bool = False
     frame_offsets: list[int] = dataclasses.field(default_factory=lambda: [-2, -1, 0, 1, 2])
     static_threshold: float = 1.0
+    static_percentile: int = 75
     max_gap_s: float | None = None
     val_fraction: float = 0.1
     val_blocks: int = 3
@@ -120,6 +125,10 @@ class DataConfig:
             raise DualDepthError(f"data.max_gap_s must be positive, got {self.max_gap_s}")
         if self.val_blocks < 1:
             raise DualDepthError(f"data.val_blocks must be at least 1, got {self.val_blocks}")
+        if self.static_percentile not in MOTION_PERCENTILES:
+            raise DualDepthError(
+                f"data.static_percentile must be one of {MOTION_PERCENTILES}, got {self.static_percentile!r}"
+            )
         if self.split_gap_s < 0 or self.static_threshold < 0:
             raise DualDepthError("data.split_gap_s and data.static_threshold must not be negative")
         return self
@@ -187,7 +196,7 @@ def load_stores(
 
 
 def _clips_of(store: FrameStore, config: DataConfig, split: str) -> tuple[np.ndarray, dict[str, Any]]:
-    keep = static_mask(store.motion, config.static_threshold)
+    keep = static_mask(store.motion_at(config.static_percentile), config.static_threshold)
     gap = int(config.max_gap_s * _NS) if config.max_gap_s is not None else auto_max_gap_ns(store.stamps)
     clips = sample_clips(store.stamps, keep, config.frame_offsets, gap)
     stats: dict[str, Any] = {"frames": len(store), "kept": int(keep.sum()), "clips": int(clips.shape[0])}
@@ -260,11 +269,11 @@ class ClipDataset(Dataset):
         return {k: int(sum(st.get(k, 0) for st in self.stats)) for k in keys}
 
     def threshold_text(self) -> str:
-        """The still-camera rule in words, e.g. ``median optical flow ≥ 1 px of the 320x96 camera image``."""
+        """The still-camera rule in words, e.g. ``optical flow p75 ≥ 1 px of the 320x96 camera image``."""
         sizes = sorted({f"{s.source_width}x{s.source_height}" for s in self.stores})
         return (
-            f"median optical flow >= data.static_threshold = {self.config.static_threshold:g} px of the "
-            f"{'/'.join(sizes)} camera image"
+            f"optical flow p{self.config.static_percentile} >= data.static_threshold = "
+            f"{self.config.static_threshold:g} px of the {'/'.join(sizes)} camera image"
         )
 
     def validation_note(self) -> str:
@@ -420,9 +429,11 @@ class FrameSequence(Sequence[Frame]):
     the static frames instead.
     """
 
-    def __init__(self, store: FrameStore, static_threshold: float = 0.0, moving_only: bool = False) -> None:
+    def __init__(
+        self, store: FrameStore, static_threshold: float = 0.0, moving_only: bool = False, static_percentile: int = 75
+    ) -> None:
         self.store = store
-        self._moving = static_mask(store.motion, static_threshold)
+        self._moving = static_mask(store.motion_at(static_percentile), static_threshold)
         self._index = np.flatnonzero(self._moving) if moving_only else np.arange(len(store))
 
     @classmethod
@@ -436,7 +447,7 @@ class FrameSequence(Sequence[Frame]):
     ) -> FrameSequence:
         cfg = DataConfig.coerce(config)
         (store,) = load_stores([bag], cfg, width, height)
-        return cls(store, cfg.static_threshold, moving_only)
+        return cls(store, cfg.static_threshold, moving_only, cfg.static_percentile)
 
     def __len__(self) -> int:
         return int(self._index.size)

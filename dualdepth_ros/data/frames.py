@@ -4,7 +4,7 @@ A bag is decoded exactly once per (bag contents, topics, preprocessing): every i
 through :meth:`Preprocessor.prepare <dualdepth_ros.preprocess.Preprocessor.prepare>` (decode →
 rectify → resize/crop) and is stored as uint8 RGB at the model's input size, with its
 intrinsics, header stamp, its image motion relative to the previous frame (for static-frame
-detection, :func:`frame_motion`) and the ground truth that matches it by header stamp
+detection, :func:`frame_motion`: percentiles of the tracked features' motion) and the ground truth that matches it by header stamp
 (depth in metres, moving mask, pose).
 
 The image motion is measured on the *rectified camera image* (before the resize/crop; images
@@ -42,6 +42,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..errors import DualDepthError
 from ..geometry import Intrinsics
 from ..images import ImageDecodeError, decode_image
 from ..preprocess import CameraModel, FrameDecodeError, PreprocessError, Preprocessor
@@ -57,14 +58,17 @@ from .bags import (
     select_topics,
 )
 
-__all__ = ["STORE_VERSION", "MOTION_MAX_WIDTH", "default_cache_dir", "FrameStore", "load_frames", "frame_motion"]
+__all__ = ["STORE_VERSION", "MOTION_MAX_WIDTH", "MOTION_PERCENTILES", "default_cache_dir", "FrameStore", "load_frames", "frame_motion"]
 
 log = logging.getLogger(__name__)
 
 #: Bumped when the layout or content of a cache entry changes.
-STORE_VERSION = 3
+STORE_VERSION = 4
 #: Images wider than this are downscaled to it to measure their motion (:func:`frame_motion`).
 MOTION_MAX_WIDTH = 640
+#: Percentiles of the tracked features' motion kept per frame (:func:`frame_motion`); the
+#: still-camera filter reads one of them (``data.static_percentile``).
+MOTION_PERCENTILES = (50, 75, 90)
 
 
 def default_cache_dir() -> Path:
@@ -76,27 +80,32 @@ def default_cache_dir() -> Path:
     return Path(base) / "dualdepth_ros" / "frames"
 
 
-def frame_motion(prev_grey: np.ndarray, grey: np.ndarray, max_corners: int = 200) -> float:
-    """Median image motion (pixels) between two grey frames, from sparse optical flow.
+def frame_motion(prev_grey: np.ndarray, grey: np.ndarray, max_corners: int = 200) -> np.ndarray:
+    """Image motion (pixels) between two grey frames, from sparse optical flow.
 
     Up to ``max_corners`` Shi–Tomasi corners of ``prev_grey`` are tracked into ``grey``
-    (pyramidal Lucas–Kanade); the median displacement is robust to other traffic moving in
-    front of a standing camera, which a whole-image difference is not. NaN when fewer than 8
-    features can be tracked (a textureless or black image: the motion is unknown).
+    (pyramidal Lucas–Kanade). Returns the :data:`MOTION_PERCENTILES` of their displacements
+    (float64, one per percentile). Percentiles, unlike a whole-image difference, separate the
+    camera's motion from other traffic's: the median stays at zero while traffic covering less
+    than half of the features passes a standing camera, and the 75th percentile stays above zero
+    while traffic keeping pace with a moving camera covers less than three quarters of them
+    (``data.static_percentile``). All NaN when fewer than 8 features can be tracked (a
+    textureless or black image: the motion is unknown).
     """
+    unknown = np.full(len(MOTION_PERCENTILES), np.nan)
     pts = cv2.goodFeaturesToTrack(prev_grey, maxCorners=max_corners, qualityLevel=0.01, minDistance=5, blockSize=5)
     if pts is None or len(pts) < 8:
-        return float("nan")
+        return unknown
     nxt, status, _ = cv2.calcOpticalFlowPyrLK(prev_grey, grey, pts, None, winSize=(15, 15), maxLevel=2)
     ok = status.ravel() == 1
     if ok.sum() < 8:
-        return float("nan")
-    return float(np.median(np.linalg.norm((nxt - pts).reshape(-1, 2)[ok], axis=1)))
+        return unknown
+    return np.percentile(np.linalg.norm((nxt - pts).reshape(-1, 2)[ok], axis=1), MOTION_PERCENTILES)
 
 
 def _motions(rgb: np.ndarray) -> np.ndarray:
-    """:func:`frame_motion` of every frame to its predecessor (NaN for the first)."""
-    out = np.full(rgb.shape[0], np.nan, dtype=np.float32)
+    """:func:`frame_motion` of every frame to its predecessor, ``N×P`` (NaN for the first)."""
+    out = np.full((rgb.shape[0], len(MOTION_PERCENTILES)), np.nan, dtype=np.float32)
     prev = None
     for i in range(rgb.shape[0]):
         grey = cv2.cvtColor(np.asarray(rgb[i]), cv2.COLOR_RGB2GRAY)
@@ -128,8 +137,9 @@ class FrameStore:
     rgb : ``N×h×w×3`` uint8 RGB (memmap when cached on disk).
     stamps : ``N`` int64 header stamps, ns, non-decreasing.
     intrinsics : ``N×4`` float64 ``fx, fy, cx, cy`` at ``width × height``.
-    motion : ``N`` float32 median image motion to the previous frame, in pixels of the
-        rectified camera image (:func:`frame_motion`; NaN for the first frame and when unknown).
+    motion : ``N×P`` float32 image motion to the previous frame at the :data:`MOTION_PERCENTILES`
+        of the tracked features, in pixels of the rectified camera image (:func:`frame_motion`;
+        NaN for the first frame and when unknown); :meth:`motion_at` picks one percentile.
     source_width, source_height : size of the rectified camera image (before resize/crop).
     source_intrinsics : ``N×4`` float64 ``fx, fy, cx, cy`` of the rectified camera image.
     gt_depth : ``N×h×w`` float32 metres, 0 = invalid/absent, or None without a depth topic.
@@ -167,6 +177,12 @@ class FrameStore:
 
     def __len__(self) -> int:
         return int(self.stamps.shape[0])
+
+    def motion_at(self, percentile: int) -> np.ndarray:
+        """``N`` image motion at one of the :data:`MOTION_PERCENTILES` (NaN where unknown)."""
+        if percentile not in MOTION_PERCENTILES:
+            raise DualDepthError(f"the image motion is kept at the percentiles {MOTION_PERCENTILES}, not {percentile}")
+        return np.asarray(self.motion)[:, MOTION_PERCENTILES.index(percentile)]
 
     def K(self, i: int) -> Intrinsics:
         """Intrinsics of frame ``i`` at the store's resolution."""
@@ -399,7 +415,11 @@ def _build(
                 K = plan.intrinsics(K_src)
                 rgb_sink.append(plan.apply(full))
                 grey, px = _analysis_grey(full)
-                motion.append(frame_motion(prev_grey, grey) * px if prev_grey is not None else float("nan"))
+                motion.append(
+                    frame_motion(prev_grey, grey) * px
+                    if prev_grey is not None
+                    else np.full(len(MOTION_PERCENTILES), np.nan)
+                )
                 prev_grey = grey
                 stamps.append(stamp)
                 logs.append(log_ns)
@@ -496,7 +516,7 @@ def _build(
         rgb=rgb,
         stamps=np.asarray(stamps, dtype=np.int64),
         intrinsics=np.asarray(Ks, dtype=np.float64),
-        motion=np.asarray(motion, dtype=np.float32),
+        motion=np.asarray(motion, dtype=np.float32).reshape(-1, len(MOTION_PERCENTILES)),
         gt_depth=gt["gt_depth"],
         gt_moving=gt["gt_moving"],
         gt_pose=gt_pose,

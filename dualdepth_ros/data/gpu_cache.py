@@ -71,7 +71,7 @@ DRIVE_FILE = "dualdepth_drive.json"
 MANIFEST = "manifest.json"
 FORMAT = "dualdepth-gpu-cache"
 #: Bumped when the layout or the content of a drive folder changes.
-VERSION = 1
+VERSION = 2
 #: The real drives of ``../shared/data`` (see their README.md): two to train on, one to score on.
 DEFAULT_TRAIN = ("kitti_odometry_03", "kitti_raw_0005")
 DEFAULT_SCORE = ("kitti_raw_0009",)
