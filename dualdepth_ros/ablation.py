@@ -135,14 +135,15 @@ def format_table(results: list[dict[str, Any]], budget: str, reference: dict[str
         cells = _row(r["label"], r["eval"], r.get("train_seconds"), tuple(r.get("ground_truth", ())))
         lines.append("| " + " | ".join(cells) + " |")
     if reference is not None:
-        # A constant has no confidence and no frame-to-frame change: only its depth metrics mean something.
-        cells = _row(REFERENCE_LABEL, reference)[:3] + ["—"] * (len(head) - 3)
+        # A constant has no confidence and no frame-to-frame change: its depth metrics and the no-motion ATE.
+        full = _row(REFERENCE_LABEL, reference)
+        cells = [full[i] if i in (0, 1, 2, 6) else "—" for i in range(len(head))]
         lines.append("| " + " | ".join(f"*{c}*" if c != "—" else c for c in cells) + " |")
     return "\n".join(lines) + f"\n\nEqual training budget for every variant: {budget}.\n"
 
 
 #: The last row: a constant depth scored through the same pipeline (what "no structure" scores).
-REFERENCE_LABEL = "constant depth (reference)"
+REFERENCE_LABEL = "constant depth, no motion (reference)"
 
 
 def _display_path(path: str | Path) -> str:
@@ -181,6 +182,7 @@ def _train_seconds(run_dir: Path, checkpoint: dict[str, Any]) -> float | None:
 def run(args: argparse.Namespace) -> int:
     from .data import FrameSequence, resolve_gt_topics
     from .evaluation import ConstantDepthNet, evaluate_sequence
+    from .evaluation.reference import StillPoseNet
     from .training.checkpoint import load_checkpoint, model_from_checkpoint
     from .training.trainer import train
 
@@ -242,6 +244,7 @@ def run(args: argparse.Namespace) -> int:
                     "eval": evaluate(loaded, frames),
                     "train_seconds": _train_seconds(run_dir, ckpt),
                     "curve": curve,
+                    "collapse": _final_collapse_check(run_dir),
                 }
             )
             if reference is None:  # the budget's input size and frames are the same for every variant
@@ -249,7 +252,8 @@ def run(args: argparse.Namespace) -> int:
                     loaded.cfg, int(ckpt["total_steps"]), [_display_path(budget)], list(args.set), args.seeds
                 )
                 loaded.model.depth = ConstantDepthNet()
-                reference = evaluate(loaded, frames, with_pose=False)
+                loaded.model.pose = StillPoseNet()  # its ATE: the no-motion floor of "started"
+                reference = evaluate(loaded, frames)
         gt_parts = tuple(_replaced_by_ground_truth(loaded.cfg))
         result = {
             "slug": slug,
@@ -266,6 +270,7 @@ def run(args: argparse.Namespace) -> int:
     if not results:
         raise DualDepthError("no variant was run")
     table = format_table(results, budget_text or "", reference)
+    table += "\n" + format_starts(results, reference)
     if any(r["curve"] for r in results):
         table += "\n" + format_curves(results)
     print(table)
@@ -280,7 +285,8 @@ def run(args: argparse.Namespace) -> int:
             "AUSE/AURG of the fused confidence for AbsRel (— where a variant has no confidence); temporal "
             "ratio = frame-to-frame depth change of the prediction / that of the ground truth on static pixels; "
             "train min = training wall time on the machine that ran it. The constant-depth row scores a constant "
-            "depth through the same pipeline: the floor a model with any structure must beat.\n\n" + table
+            "depth through the same pipeline: the floor a model with any structure must beat; its ATE is that of a "
+            "PoseNet that predicts no motion.\n\n" + table
         )
     if args.json:
         payload = {"budget": budget_text, "variants": results, "constant_reference": reference}
@@ -305,6 +311,64 @@ def _get(summary: Any, path: tuple[str, ...]) -> float | None:
             return None
         summary = summary[key]
     return float(summary) if isinstance(summary, (int, float)) else None
+
+
+#: A run has started when its ATE is below this share of the no-motion ATE (the reference row's).
+START_ATE_SHARE = 0.1
+
+
+def _final_collapse_check(run_dir: Path) -> dict[str, Any] | None:
+    """The collapse check of a run's last validation (``metrics.json``), or None when it has none."""
+    try:
+        report = json.loads((run_dir / "metrics.json").read_text())["last_validation"]["collapse"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    tests = {t["name"]: t for t in report.get("tests", [])}
+    order = tests.get("road_order")
+    return {
+        "passed": bool(report.get("passed")),
+        "health": report.get("health"),
+        "inverted": order is not None and not order.get("passed", True),
+        "failures": list(report.get("failures", [])),
+    }
+
+
+def format_starts(results: list[dict[str, Any]], reference: dict[str, Any] | None) -> str:
+    """Per variant, over its seeds: how many runs started (ATE < 0.1 × no motion), passed the collapse
+    check at their last validation, and had the road's depth inverted; each run's figures after it.
+    """
+    floor = _get(reference or {}, ("pose", "ate_mean"))
+    head = "| variant | started | collapse check passed | inverted road | per seed: ATE m, health |"
+    lines = [head, "|---|---|---|---|---|"]
+    for r in results:
+        runs = r["runs"]
+        ates = [_get(run["eval"], ("pose", "ate_mean")) for run in runs]
+        checks = [run.get("collapse") for run in runs]
+        n_started = sum(a is not None and floor is not None and a < START_ATE_SHARE * floor for a in ates)
+        started = "—" if floor is None else f"{n_started}/{len(runs)}"
+        known = [c for c in checks if c is not None]
+        passed = f"{sum(c['passed'] for c in known)}/{len(known)}" if known else "—"
+        inverted = f"{sum(c['inverted'] for c in known)}/{len(known)}" if known else "—"
+
+        def health(c: dict[str, Any] | None) -> str:
+            if c is None or c.get("health") is None:
+                return "—"
+            return f"{c['health']:.2f}" + ("" if c["passed"] else " FAILED")
+
+        per_seed = "; ".join(
+            f"{run['seed']}: {'—' if a is None else f'{a:.3f}'}, {health(c)}" for run, a, c in zip(runs, ates, checks)
+        )
+        lines.append(f"| {r['label']} | {started} | {passed} | {inverted} | {per_seed} |")
+    rule = (
+        "no ATE for the no-motion reference (the held-out drive has no poses)"
+        if floor is None
+        else f"started: ATE < {START_ATE_SHARE:g} × the no-motion ATE {floor:.3f} m"
+    )
+    return (
+        "\n".join(lines)
+        + f"\n\n{rule}; collapse check and inverted road (depth not growing towards the horizon): the run's last "
+        "validation (evaluation/collapse.py).\n"
+    )
 
 
 def _over_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:

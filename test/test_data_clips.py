@@ -50,7 +50,8 @@ def test_frame_motion_is_robust_to_other_traffic():
 def test_the_75th_percentile_sees_a_camera_moving_in_a_jam():
     """Vehicles keeping pace with the camera do not move in the image: where they hold over half of
     the tracked corners, the median calls a moving camera still; the 75th percentile does not, and
-    still calls a standing camera still while one car passes it."""
+    still calls a standing camera still while one car passes it.
+    """
     rng = np.random.default_rng(1)
     scene = cv2.GaussianBlur(rng.integers(0, 256, (96, 200), dtype=np.uint8), (0, 0), 1.5)
     jam = cv2.GaussianBlur(rng.integers(0, 256, (96, 100), dtype=np.uint8), (0, 0), 1.5)

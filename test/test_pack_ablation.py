@@ -90,6 +90,18 @@ def _constant_abs_rel(bag: Path) -> float:
     return metrics["abs_rel"]
 
 
+def _no_motion_ate(bag: Path) -> float:
+    """ATE of a camera that never moves, from the bag's /gt/pose messages alone: the predicted path is a point,
+    the least-squares scale 0, so each 5-frame snippet scores sqrt(Σ‖p_k − p_0‖²)/5 (distances need no rotation).
+    """
+    from dualdepth_ros import bagio
+
+    p = np.array([[m.msg.pose.position.x, m.msg.pose.position.y, m.msg.pose.position.z]
+                  for m in bagio.read_messages(bag, ["/gt/pose"])])  # fmt: skip
+    snippets = [p[i : i + 5] - p[i] for i in range(len(p) - 4)]
+    return float(np.mean([np.sqrt((s**2).sum()) / 5 for s in snippets]))
+
+
 def test_ablate_writes_the_table_and_skips_finished_variants(
     sample_bag: Path, tmp_path: Path, dualdepth_exe: list[str], env: dict[str, str]
 ) -> None:
@@ -121,17 +133,23 @@ def test_ablate_writes_the_table_and_skips_finished_variants(
     assert "[monodepth2] training" in first.stdout and "[full] training" in first.stdout
     table = (tmp_path / "ablation.md").read_text().splitlines()
     assert "with only the rows `monodepth2`, `full` (`--only`)" in table[2]  # a partial table says so
-    rows = [line for line in table if line.startswith("| single-branch") or line.startswith("| two-branch")]
+    rows = [line for line in table if line.startswith(("| single-branch", "| two-branch")) and line.count("|") == 9]
     assert len(rows) == 2
     baseline, full = (r.split("|")[2:8] for r in rows)
     float(baseline[0]), float(full[0])  # AbsRel is a number for both
     assert baseline[2].strip() == "—" and float(full[2]) >= 0  # no confidence → no AUSE for the baseline
     assert float(baseline[4]) > 0 and float(full[4]) > 0  # temporal ratio: GT pose and masks were found
     float(baseline[5]), float(full[5])  # training minutes (0.0 for one tiny step)
-    # The constant-depth reference row: only its depth metrics, which match an independent computation.
-    (ref,) = [line.split("|")[2:8] for line in table if line.startswith("| *constant depth")]
-    assert [c.strip() for c in ref[2:]] == ["—"] * 4
+    # The reference row: a constant's depth metrics and a still camera's ATE, which match independent computations.
+    (ref,) = [line.split("|")[2:8] for line in table if line.startswith("| *constant depth, no motion")]
+    assert [c.strip() for c in ref[2:5]] == ["—"] * 3
     data = json.loads((tmp_path / "ablation.json").read_text())
+    still_ate = data["constant_reference"]["pose"]["ate_mean"]
+    assert float(ref[5].strip(" *")) == pytest.approx(still_ate, abs=5e-4)
+    assert still_ate == pytest.approx(_no_motion_ate(sample_bag), rel=1e-6)
+    starts = [line for line in table if line.startswith("| two-branch, full method | ")][-1].split("|")
+    ate = data["variants"][1]["runs"][0]["eval"]["pose"]["ate_mean"]
+    assert starts[2].strip() == f"{int(ate < 0.1 * still_ate)}/1" and starts[5].strip().startswith(f"0: {ate:.3f}, ")
     const = data["constant_reference"]["median_scaled"]
     assert float(ref[0].strip(" *")) == pytest.approx(const["abs_rel"], abs=5e-4)
     assert const["abs_rel"] == pytest.approx(_constant_abs_rel(sample_bag), rel=1e-9)
@@ -141,6 +159,22 @@ def test_ablate_writes_the_table_and_skips_finished_variants(
     second = run(cmd, env)
     # Finished variants are only re-evaluated (the printed table itself speaks of the "training budget").
     assert "] training:" not in second.stdout and "[full] " in second.stdout
+
+
+def test_starts_and_collapses_are_counted_per_variant() -> None:
+    from dualdepth_ros.ablation import format_starts
+
+    def run(seed: int, ate: float, passed: bool | None, inverted: bool = False) -> dict:
+        check = None if passed is None else {"passed": passed, "health": 0.9 if passed else 0.4, "inverted": inverted}
+        return {"seed": seed, "eval": {"pose": {"ate_mean": ate}}, "collapse": check}
+
+    results = [{"label": "full", "runs": [run(0, 0.01, True), run(1, 0.09, False, True), run(2, 0.5, None)]}]
+    text = format_starts(results, {"pose": {"ate_mean": 0.8}})
+    (row,) = [line for line in text.splitlines() if line.startswith("| full")]
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[1:4] == ["1/3", "1/2", "1/2"]  # 0.09 ≥ 0.08 has not started; seed 2 has no collapse check
+    assert cells[4] == "0: 0.010, 0.90; 1: 0.090, 0.40 FAILED; 2: 0.500, —"
+    assert "no ATE for the no-motion reference" in format_starts(results, {"pose": None})
 
 
 def test_seeds_are_averaged_with_their_spread() -> None:

@@ -4,8 +4,8 @@ A bag is decoded exactly once per (bag contents, topics, preprocessing): every i
 through :meth:`Preprocessor.prepare <dualdepth_ros.preprocess.Preprocessor.prepare>` (decode →
 rectify → resize/crop) and is stored as uint8 RGB at the model's input size, with its
 intrinsics, header stamp, its image motion relative to the previous frame (for static-frame
-detection, :func:`frame_motion`: percentiles of the tracked features' motion) and the ground truth that matches it by header stamp
-(depth in metres, moving mask, pose).
+detection, :func:`frame_motion`: percentiles of the tracked features' motion) and the ground
+truth that matches it by header stamp (depth in metres, moving mask, pose).
 
 The image motion is measured on the *rectified camera image* (before the resize/crop; images
 wider than :data:`MOTION_MAX_WIDTH` are analysed at that width and the result scaled back), in
@@ -58,7 +58,15 @@ from .bags import (
     select_topics,
 )
 
-__all__ = ["STORE_VERSION", "MOTION_MAX_WIDTH", "MOTION_PERCENTILES", "default_cache_dir", "FrameStore", "load_frames", "frame_motion"]
+__all__ = [
+    "STORE_VERSION",
+    "MOTION_MAX_WIDTH",
+    "MOTION_PERCENTILES",
+    "default_cache_dir",
+    "FrameStore",
+    "load_frames",
+    "frame_motion",
+]
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The constant-depth reference: what a model scores with the scene's median depth and no structure."""
+"""The references: a constant depth (the scene's median depth, no structure) and a camera that never moves."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["ConstantDepthNet"]
+__all__ = ["ConstantDepthNet", "StillPoseNet"]
 
 
 class ConstantDepthNet(torch.nn.Module):
@@ -24,3 +24,18 @@ class ConstantDepthNet(torch.nn.Module):
     def forward(self, image: torch.Tensor) -> dict[Any, torch.Tensor]:
         ones = image.new_ones(image.shape[0], 1, *image.shape[2:])
         return {("depth_fused", 0): ones, ("depth", 0, 0): ones}
+
+
+class StillPoseNet(torch.nn.Module):
+    """A pair PoseNet that predicts no motion: its ATE is the floor a PoseNet that learned anything beats.
+
+    With no predicted translation the snippet's least-squares scale is 0, so the ATE is the
+    ground-truth path's own size (``sqrt(Σ‖g_i‖²)/n``, :func:`~.pose.snippet_ate`). The ablation
+    counts a run as started when its ATE is below a tenth of this.
+    """
+
+    num_frames = 2
+    anchor = 0
+
+    def forward(self, frames: list[torch.Tensor]) -> torch.Tensor:
+        return frames[0].new_zeros(frames[0].shape[0], 1, 6)
