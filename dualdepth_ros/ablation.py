@@ -32,6 +32,16 @@ VARIANTS: list[tuple[str, str, str]] = [
     ("no_two_branch", "full − two-branch rule (one branch, every other term)", "ablations/no_two_branch.yaml"),
     ("no_pose_prior", "full − epipolar pose prior", "ablations/no_pose_prior.yaml"),
     ("no_scale_anchor", "full − scale anchor", "ablations/no_scale_anchor.yaml"),
+    (
+        "median_still_filter",
+        "full − traffic still-camera filter (median, as before)",
+        "ablations/median_still_filter.yaml",
+    ),
+    (
+        "automask_photometric_only",
+        "full − auto-mask on every warp term (photometric only, as before)",
+        "ablations/automask_photometric_only.yaml",
+    ),
 ]
 
 #: The learning ladder (issue: "where does learning fail?"): each rung replaces one network by ground truth.

@@ -27,6 +27,7 @@ from dualdepth_ros.geometry import Intrinsics, backproject, sample, transform_po
 from dualdepth_ros.losses import (
     REGISTRY,
     LossContext,
+    automask,
     clip_layout,
     compute_losses,
     confidence_loss,
@@ -36,6 +37,7 @@ from dualdepth_ros.losses import (
     min_mean_first_difference,
     occlusion_mask,
     scale_invariant_log_error,
+    select_reprojection,
     structure_consistency,
     two_branch_terms,
 )
@@ -59,10 +61,18 @@ def _ref_photometric(ctx: LossContext, cfg: Any) -> dict[str, torch.Tensor]:
 
 
 def _ref_structure(ctx: LossContext, cfg: Any) -> dict[str, torch.Tensor]:
-    scales = ctx.cfg.model.scales
+    scales, p = ctx.cfg.model.scales, ctx.lc.photometric
     total = 0.0
     for s in scales:
-        dsc = [masked_mean(v.depth_diff, v.valid) for v in ctx.views(s).values()]
+        views = ctx.views(s)
+        kept = {}
+        if p.automask and p.automask_scope == "all":  # the pixels the photometric auto-mask keeps, per grid
+            for g in dict.fromkeys(g for g, _ in views):
+                sources = ctx.grid_sources(g)
+                vs = [views[(g, r)] for r in sources]
+                err, _, _ = select_reprojection([v.error for v in vs], [v.valid for v in vs], p.reprojection)
+                kept[g] = automask(err, ctx.identity(g, sources))
+        dsc = [masked_mean(v.depth_diff, v.valid * kept.get(g, 1.0)) for (g, _), v in views.items()]
         total = total + sum(dsc) / len(dsc) / len(scales)
     return {"structure": total}
 
@@ -132,6 +142,9 @@ def _ref_featuremetric(ctx: LossContext, cfg: Any) -> dict[str, torch.Tensor]:
             lc.occlusion.alpha1,
             lc.occlusion.alpha2,
         )
+    kept = [ctx.kept_by_automask(g) for g, _ in pairs]
+    if all(k is not None for k in kept):
+        mask = mask * (F.interpolate(torch.cat(kept), size=size, mode="area") > 0.5).to(mask.dtype)
     err = masked_mean(featuremetric_error(torch.cat([feats[g] for g, _ in pairs]), w.image), mask)
     return {"featuremetric": err.view(n, -1).sum(0) / len(srcs)}
 
@@ -263,6 +276,7 @@ CASES = {
         ["loss.two_branch.gate=false", "loss.occlusion.enabled=false", "loss.structure.enabled=false"]
         + ["loss.photometric.automask=false", "loss.photometric.rho=l1"],
     ),
+    "auto-mask on the photometric term only": ("train", ["loss.photometric.automask_scope=photometric"]),
     "monodepth2 baseline": ("monodepth2", []),
 }
 

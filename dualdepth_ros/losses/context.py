@@ -231,6 +231,39 @@ class LossContext:
             mask = mask * automask(err, ident)
         return masked_mean(weight * err, mask)
 
+    def grid_sources(self, g: int) -> tuple[int, ...]:
+        """The frames the photometric term reconstructs grid ``g`` from: the target from every source, a source
+        from the target.
+        """
+        tgt, srcs = self.layout.target, self.layout.sources
+        return tuple(srcs) if g == tgt else (tgt,)
+
+    def kept_by_automask(self, g: int) -> torch.Tensor | None:
+        """``B×1×H×W`` float, 1 where the auto-mask keeps grid ``g``'s pixels at scale 0 (no gradient).
+
+        The photometric term's selection of grid ``g`` (fused depth, flow-consistent pixels) against
+        the unwarped sources' error. None unless ``loss.photometric.automask`` and ``automask_scope: all``:
+        then the terms that read depth through a warp but have no identity error of their own (the
+        feature-metric term) skip the pixels that look static, as the photometric term does.
+        """
+        p = self.lc.photometric
+        if not p.automask or p.automask_scope != "all":
+            return None
+
+        def make() -> torch.Tensor:
+            sources = self.grid_sources(g)
+            with torch.no_grad():
+                depth = self.depth(g, 0).detach()
+                ws = self.warp_many([(self.color(r), depth, self.T(g, r).detach()) for r in sources])
+                errors = self.pe_many([w.image for w in ws], [self.color(g)] * len(ws))
+                occ = self.occlusion(0) if self.lc.occlusion.enabled else {}
+                valids = [w.valid if (g, r) not in occ else w.valid * occ[(g, r)].to(w.valid.dtype)
+                          for w, r in zip(ws, sources)]  # fmt: skip
+                err, _, _ = select_reprojection(errors, valids, p.reprojection)
+                return automask(err, self.identity(g, sources))
+
+        return self._cached(("kept_by_automask", g), make)
+
     # -- the two-branch rule's reconstructions (shared by both branches' terms and the confidences) --
     def branch_maps(self, s: int) -> list[tuple[list[list[torch.Tensor]], list[list[torch.Tensor]]]]:
         """Per branch, per grid, per neighbour: plain reprojection error and validity maps at scale ``s``.
@@ -363,6 +396,7 @@ class LossContext:
                 structure_eps=st.erf_eps if st.enabled else None,
                 weight_photometric=st.enabled and st.weight_photometric,
                 detach_weight=st.detach_weight,
+                structure_mask=lc.photometric.automask_scope == "all",
             )
             depth_frames = (g, *sources) if st.enabled else (g,)  # the sources' depth: structure only
             depths = [self.outputs[("depth_fused", f, s)] for f in depth_frames]
@@ -422,19 +456,21 @@ def _photometric_grid(
     structure_eps: float | None,
     weight_photometric: bool,
     detach_weight: bool,
+    structure_mask: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """Grid ``g`` reconstructed from each of its sources with its fused depth (photometric term, method.md §2–5).
 
     ``tensors`` = ``depth_g, [depth_source… (with the structure term)], T_g_to_source…`` (depths at
     the network's resolution; upsampled here).
     Returns the grid's photometric value (selection, ``1 − depth_diff`` weight, auto-mask) and, with
-    the structure term, each source's mean ``depth_diff`` over its valid, flow-consistent pixels (all ``B``).
+    the structure term, each source's mean ``depth_diff`` over its valid, flow-consistent pixels (all ``B``),
+    and with ``structure_mask`` only over those the auto-mask keeps (``loss.photometric.automask_scope: all``).
     """
     n = len(colors)
     depth_g = resize_depth(tensors[0].float(), size)
     Ts = tensors[-n:]
     depths = tensors[1 : 1 + n] if structure_eps is not None else [None] * n
-    errors, valids, weights, dsc = [], [], [], []
+    errors, valids, weights, dds = [], [], [], []
     for color_r, d_r, T, occ in zip(colors, depths, Ts, occlusion):
         w = warp(color_r, depth_g, T.float(), K)
         errors.append(photometric_error(w.image, color_g, **pe_kwargs))
@@ -444,13 +480,18 @@ def _photometric_grid(
             dd = structure_consistency(w.z, sample(resize_depth(d_r.float(), size), w.pix), structure_eps)
             if weight_photometric:
                 weight = 1 - (dd.detach() if detach_weight else dd)
-            dsc.append(masked_mean(dd, valid))
+            dds.append(dd)
         valids.append(valid)
         weights.append(weight)
         del w
     err, any_valid, share = select_reprojection(errors, valids, mode)
     weight = (share * torch.cat(weights, 1)).sum(1, keepdim=True)
-    mask = any_valid if identity is None else any_valid * automask(err, identity)
+    kept = None if identity is None else automask(err, identity)
+    mask = any_valid if kept is None else any_valid * kept
+    if structure_mask and kept is not None:  # automask_scope all: the structure term skips them too
+        dsc = [masked_mean(dd, valid * kept) for dd, valid in zip(dds, valids)]
+    else:
+        dsc = [masked_mean(dd, valid) for dd, valid in zip(dds, valids)]
     return (masked_mean(weight * err, mask), *dsc)
 
 

@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from .consistency import occlusion_mask
 from .context import (
@@ -157,9 +158,18 @@ def featuremetric(ctx: LossContext, cfg: Any) -> dict[str, torch.Tensor]:
                     )
                     > 0
                 )
+    kept = {}
+    for g in dict.fromkeys(g for g, _ in pairs):  # automask_scope all: the pixels the auto-mask keeps (in pair
+        # order: an identity error not drawn yet draws its tie-breaker noise now)
+        m = ctx.kept_by_automask(g)
+        if m is not None:
+            kept[g] = F.interpolate(m, size=size, mode="area") > 0.5
     total = 0.0
     for g, src in pairs:  # one pair at a time (a stride-2 map of 64 channels each)
-        fn = functools.partial(_featuremetric_unit, K=K, occlusion=occ.get((g, src)))
+        mask = occ.get((g, src))
+        if g in kept:
+            mask = kept[g] if mask is None else mask & kept[g]
+        fn = functools.partial(_featuremetric_unit, K=K, occlusion=mask)
         total = total + ctx.unit(fn, feats[g], feats[src], ctx.outputs[("depth_fused", g, 0)], ctx.T(g, src))
     return {"featuremetric": total / len(srcs)}
 
