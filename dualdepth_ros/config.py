@@ -216,6 +216,7 @@ class ScaleAnchorConfig:
 class ConfidenceConfig:
     selection_weight: float = 0.1
     selection_tau: float = 0.01
+    selection_pool: int = 1
     calibration_weight: float = 0.1
     calibration_tau: float = 0.1
 
@@ -309,6 +310,9 @@ class Config:
         extr = self.pose.camera_in_body
         if extr is not None and len(extr) != 7:
             raise ConfigError(f"pose.camera_in_body must be [x, y, z, qx, qy, qz, qw], got {extr}")
+        pool = self.loss.confidence.selection_pool
+        if pool < 1 or pool % 2 == 0:
+            raise ConfigError(f"loss.confidence.selection_pool must be an odd window size >= 1, got {pool}")
         self._validate_optim()
         for section in self.extra.values():
             if hasattr(section, "validate"):  # a registered section checks its own values

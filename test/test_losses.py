@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from dualdepth_ros.config import load_config
+from dualdepth_ros.config import ConfigError, load_config
 from dualdepth_ros.geometry import Intrinsics, backproject, project, relative_pose, transform_points, warp
 from dualdepth_ros.losses import (
     clip_layout,
@@ -487,6 +487,38 @@ def test_confidence_loss_teaches_fusion_to_pick_the_better_branch() -> None:
     err = torch.minimum(e0, e1).flatten()
     c = conf.detach().flatten()
     assert np.corrcoef(err.numpy(), c.numpy())[0, 1] < -0.9
+
+
+def test_pooled_selection_target_follows_the_neighbourhood_not_the_pixel_noise() -> None:
+    """Branch 0 is better on the left half by 0.02 on average, but each pixel's comparison is noise (±0.05): the
+    per-pixel target picks branch 1 on 45 % of the left pixels, the 7×7 pooled target on 8 % (measured); with
+    a mask, masked-out pixels do not enter a window's mean.
+    """
+    from dualdepth_ros.losses.two_branch import _window_mean
+
+    g = torch.Generator().manual_seed(0)
+    e0 = 0.1 + 0.05 * torch.randn(1, 1, 32, 32, generator=g)
+    e1 = 0.1 + 0.05 * torch.randn(1, 1, 32, 32, generator=g)
+    e1[..., :16] += 0.02
+    mask = torch.ones_like(e0)
+
+    def picks_branch_1_on_the_left(pool: int) -> float:
+        logits = [torch.zeros(1, 1, 32, 32, requires_grad=True) for _ in range(2)]
+        opt = torch.optim.Adam(logits, lr=0.1)
+        for _ in range(150):
+            sel, _ = confidence_loss(logits, [e0, e1], mask, 0.01, 0.1, selection_pool=pool)
+            opt.zero_grad()
+            sel.sum().backward()
+            opt.step()
+        return float((logits[1] > logits[0])[..., 4:28, 3:12].float().mean())  # left half, away from the border
+
+    assert picks_branch_1_on_the_left(1) > 0.3 and picks_branch_1_on_the_left(7) < 0.15
+    x = torch.arange(9.0).reshape(1, 1, 3, 3)
+    m = torch.ones_like(x)
+    m[..., 0, 0] = 0
+    assert float(_window_mean(x, m, 3)[0, 0, 1, 1]) == pytest.approx(36 / 8)  # (0+1+…+8 − 0) / 8 valid
+    with pytest.raises(ConfigError, match="odd window"):
+        load_config(overrides=["loss.confidence.selection_pool=4"])
 
 
 # ---------------------------------------------------------------------------------------

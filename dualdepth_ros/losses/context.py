@@ -529,10 +529,11 @@ def _confidence_unit(
     mask: torch.Tensor,
     selection_tau: float,
     calibration_tau: float,
+    selection_pool: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`~.two_branch.confidence_loss` of two branches' logits, upsampled to ``size``."""
     logits = [resize(lg.float(), size) for lg in (logit0, logit1)]
-    return confidence_loss(logits, errors, mask, selection_tau, calibration_tau)
+    return confidence_loss(logits, errors, mask, selection_tau, calibration_tau, selection_pool)
 
 
 def _smoothness_unit(x: torch.Tensor, *, image: torch.Tensor, inverse: bool) -> torch.Tensor:

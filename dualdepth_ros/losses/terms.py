@@ -227,6 +227,7 @@ def confidence(ctx: LossContext, cfg: Any) -> dict[str, torch.Tensor]:
                 mask=masks[s_rule][i],
                 selection_tau=cfg.selection_tau,
                 calibration_tau=cfg.calibration_tau,
+                selection_pool=cfg.selection_pool,
             )
             sl, cl = ctx.unit(fn, *[ctx.outputs[("conf_logit", g, b, s)] for b in range(2)])
             sel = sel + sl / len(grids) / len(scales)

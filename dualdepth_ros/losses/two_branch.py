@@ -21,6 +21,7 @@ def confidence_loss(
     mask: torch.Tensor,
     selection_tau: float = 0.01,
     calibration_tau: float = 0.1,
+    selection_pool: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Confidence training: the higher confidence marks the branch that reconstructs the pixel better.
 
@@ -34,7 +35,10 @@ def confidence_loss(
     * **selection** (pairwise, 2 branches): a per-pixel classification target
       ``y = sigmoid((e_1 − e_0) / τ_sel)`` (≈1 where branch 0 is clearly better, ½ on ties) and
       BCE on ``sigmoid(l_0 − l_1)``, i.e. a softmax over the two confidence logits. This trains
-      exactly the decision the fusion takes (``argmax`` of the confidences).
+      exactly the decision the fusion takes (``argmax`` of the confidences). With
+      ``selection_pool`` ``k > 1`` the errors are first averaged over the valid pixels of a ``k×k``
+      window: the target says which branch reconstructs the pixel's neighbourhood better, not which
+      one wins a single pixel's noisy comparison.
     * **calibration** (each branch): BCE of ``sigmoid(l_b)`` against ``exp(−e_b / τ_cal)``, a monotone
       map of the branch's own error to (0, 1]. It fixes the absolute level, so the fused
       confidence ranks pixels across the image by expected error (what AUSE/AURG measure); and at
@@ -58,9 +62,18 @@ def confidence_loss(
         return torch.zeros_like(cal), cal
     if len(logits) != 2:
         raise ValueError("the selection term is defined for two branches")
-    y = torch.sigmoid((errs[1] - errs[0]) / selection_tau)
+    sel_errs = errs if selection_pool <= 1 else [_window_mean(e, mask, selection_pool) for e in errs]
+    y = torch.sigmoid((sel_errs[1] - sel_errs[0]) / selection_tau)
     sel = masked_mean(_bce_kl(logits[0] - logits[1], y), mask)
     return sel, cal
+
+
+def _window_mean(x: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean of ``x`` over the ``mask`` pixels of the ``k×k`` window around each pixel (``x`` where none is)."""
+    m = mask.to(x.dtype)
+    num = F.avg_pool2d(x * m, k, stride=1, padding=k // 2, count_include_pad=False)
+    den = F.avg_pool2d(m, k, stride=1, padding=k // 2, count_include_pad=False)
+    return torch.where(den > 0, num / den.clamp(min=1e-12), x)
 
 
 def _bce_kl(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
