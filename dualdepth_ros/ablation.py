@@ -38,9 +38,9 @@ VARIANTS: list[tuple[str, str, str]] = [
         "ablations/median_still_filter.yaml",
     ),
     (
-        "automask_photometric_only",
-        "full − auto-mask on every warp term (photometric only, as before)",
-        "ablations/automask_photometric_only.yaml",
+        "automask_all_terms",
+        "full + auto-mask on every warp term (traffic switch, off by default)",
+        "ablations/automask_all_terms.yaml",
     ),
 ]
 

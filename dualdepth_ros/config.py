@@ -145,7 +145,7 @@ class PhotometricConfig:
     reprojection: Literal["min", "mean"] = "min"
     automask: bool = True
     automask_noise: float = 1e-5
-    automask_scope: Literal["photometric", "all"] = "all"
+    automask_scope: Literal["photometric", "all"] = "photometric"
     bidirectional: bool = True
     checkpoint: bool = True
 

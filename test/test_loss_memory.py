@@ -276,7 +276,7 @@ CASES = {
         ["loss.two_branch.gate=false", "loss.occlusion.enabled=false", "loss.structure.enabled=false"]
         + ["loss.photometric.automask=false", "loss.photometric.rho=l1"],
     ),
-    "auto-mask on the photometric term only": ("train", ["loss.photometric.automask_scope=photometric"]),
+    "auto-mask on every warp term": ("train", ["loss.photometric.automask_scope=all"]),
     "monodepth2 baseline": ("monodepth2", []),
 }
 
