@@ -222,6 +222,15 @@ class ConfidenceConfig:
 
 
 @dataclasses.dataclass
+class RoadFloorConfig:
+    enabled: bool = False
+    weight: float = 0.1
+    margin: float = 0.1
+    region: float = 0.4
+    max_tilt_deg: float = 20.0
+
+
+@dataclasses.dataclass
 class LossConfig:
     photometric: PhotometricConfig = dataclasses.field(default_factory=PhotometricConfig)
     smoothness: SmoothnessConfig = dataclasses.field(default_factory=SmoothnessConfig)
@@ -233,6 +242,7 @@ class LossConfig:
     confidence: ConfidenceConfig = dataclasses.field(default_factory=ConfidenceConfig)
     pose_prior: PosePriorConfig = dataclasses.field(default_factory=PosePriorConfig)
     scale_anchor: ScaleAnchorConfig = dataclasses.field(default_factory=ScaleAnchorConfig)
+    road_floor: RoadFloorConfig = dataclasses.field(default_factory=RoadFloorConfig)
 
 
 @dataclasses.dataclass

@@ -685,6 +685,35 @@ def test_automask_scope_all_stops_the_other_warp_terms_pushing_the_lead_car_away
         assert abs(pull["structure"][0]) < 0.1 * pull["structure"][1], pull
 
 
+def test_road_floor_pulls_a_car_beyond_the_road_in_and_leaves_the_rest_alone() -> None:
+    """The ground truth never lies beyond the road (0); the lead car pushed 3× too far does, and only its pixels
+    get a gradient, towards a smaller depth; an inverted depth has no road plane and no term.
+    """
+    from dualdepth_ros.losses import LossContext
+    from dualdepth_ros.losses.terms import road_floor
+
+    cfg = load_config(overrides=["loss.road_floor.enabled=true", "loss.two_branch.gate=false"])
+    batch, gt = synth_clip(offsets=clip_layout(cfg).frames, t0=3.0)
+    out = _gt_outputs(cfg, batch, gt)
+    lead = torch.from_numpy(gt["moving"][0])[None, None]
+
+    def floor(depth: torch.Tensor) -> torch.Tensor:
+        return road_floor(LossContext(batch, {**out, ("depth_fused", 0, 0): depth}, cfg), cfg.loss.road_floor)[
+            "road_floor"
+        ]
+
+    truth = out[("depth_fused", 0, 0)]
+    assert float(floor(truth)) == 0.0
+    far = torch.where(lead, truth * 3, truth).requires_grad_(True)
+    value = floor(far)
+    (grad,) = torch.autograd.grad(value.sum(), far)
+    assert float(value) > 0.005
+    assert float((grad[lead] > 0).float().mean()) > 0.5  # most of the car lies below the horizon, beyond the road
+    assert int((grad[~lead] != 0).sum()) == 0 and float(grad.min()) >= 0  # nothing else moves, nothing goes farther
+    assert float(floor(100.0 / truth)) == 0.0  # inverted: no plane below the camera, no term
+    assert float(compute_losses(batch, {**out, ("depth_fused", 0, 0): far.detach()}, cfg)[1]["road_floor"]) > 0
+
+
 # ---------------------------------------------------------------------------------------
 # Getting joint depth/pose learning started: the epipolar pose prior and the scale anchor
 # ---------------------------------------------------------------------------------------

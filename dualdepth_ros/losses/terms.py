@@ -36,6 +36,7 @@ __all__ = [
     "confidence",
     "pose_prior",
     "scale_anchor",
+    "road_floor",
 ]
 
 
@@ -286,3 +287,51 @@ def scale_anchor(ctx: LossContext, cfg: Any) -> dict[str, torch.Tensor]:
     mean = (ts * ctx.gate).sum() / ctx.gate.sum().clamp(min=1.0)  # over the samples the gate keeps
     value = (torch.log(mean.clamp(min=1e-6)) - math.log(cfg.translation)) ** 2
     return {"scale_anchor": value.expand(ctx.bsz)}
+
+
+@loss_term(
+    "road_floor",
+    weights={"road_floor": "weight"},
+    source="ours (traffic): the road is opaque; a visible point lies on or in front of the road plane",
+)
+def road_floor(ctx: LossContext, cfg: Any) -> dict[str, torch.Tensor]:
+    """No pixel may lie beyond the road: ``mean relu(log D − log D_road − margin)`` below the horizon.
+
+    Per sample, the road plane is fitted to the target's own fused depth (detached;
+    :func:`~dualdepth_ros.ros.scale.fit_road_plane`, RANSAC on the lower ``region`` of the image, a
+    plane below the camera within ``max_tilt_deg`` of its down axis; no plane, no term). ``D_road``
+    is the depth at which each pixel's ray meets that plane. A vehicle that keeps pace with the
+    camera looks infinitely far to every warp term, but its pixels below the horizon cannot be
+    farther than the road they stand on: this pulls them to at most that depth and leaves every
+    pixel in front of the road (and the sky, whose rays never meet it) alone. Scale-free (log depth),
+    so it does not fix the scale. A road that falls away beyond a crest breaks the premise: ``margin``
+    tolerates mild slopes.
+    """
+    from ..geometry import Intrinsics
+    from ..ros.scale import fit_road_plane
+
+    depth = ctx.outputs[("depth_fused", ctx.layout.target, 0)].float()
+    h, w = depth.shape[-2:]
+    K = K_at(ctx.K, ctx.size, (h, w)).float()
+    u = torch.arange(w, device=depth.device, dtype=torch.float32).view(1, w)
+    v = torch.arange(h, device=depth.device, dtype=torch.float32).view(h, 1)
+    values = []
+    for b in range(depth.shape[0]):
+        k = K[b if K.shape[0] > 1 else 0]
+        fx, fy, cx, cy = (float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]))
+        fit = fit_road_plane(
+            depth[b, 0].detach().cpu().numpy(),
+            Intrinsics(fx=fx, fy=fy, cx=cx, cy=cy, width=w, height=h),
+            region=cfg.region,
+            max_tilt_deg=cfg.max_tilt_deg,
+        )
+        if fit is None:
+            values.append(depth.new_zeros(()))
+            continue
+        n = [float(x) for x in fit.normal]
+        toward = n[0] * (u - cx) / fx + n[1] * (v - cy) / fy + n[2]  # n · ray(u, v), the ray's z = 1
+        below = toward > 1e-6
+        road = fit.height / toward.clamp(min=1e-6)
+        excess = torch.relu(torch.log(depth[b, 0].clamp(min=1e-6)) - torch.log(road) - cfg.margin)
+        values.append((excess * below).sum() / below.sum().clamp(min=1))
+    return {"road_floor": torch.stack(values)}
