@@ -37,6 +37,7 @@ VARIANTS: list[tuple[str, str, str]] = [
         "full − traffic still-camera filter (median, as before)",
         "ablations/median_still_filter.yaml",
     ),
+    ("road_floor", "full + road floor (traffic switch, off by default)", "ablations/road_floor.yaml"),
     (
         "automask_all_terms",
         "full + auto-mask on every warp term (traffic switch, off by default)",
