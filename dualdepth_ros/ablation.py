@@ -344,6 +344,13 @@ def _final_collapse_check(run_dir: Path) -> dict[str, Any] | None:
     }
 
 
+def _health_text(check: dict[str, Any] | None) -> str:
+    """A run's last collapse-check health, ``FAILED`` after it when the check failed (— when unknown)."""
+    if check is None or check.get("health") is None:
+        return "—"
+    return f"{check['health']:.2f}" + ("" if check["passed"] else " FAILED")
+
+
 def format_starts(results: list[dict[str, Any]], reference: dict[str, Any] | None) -> str:
     """Per variant, over its seeds: how many runs started (ATE < 0.1 × no motion), passed the collapse
     check at their last validation, and had the road's depth inverted; each run's figures after it.
@@ -360,14 +367,9 @@ def format_starts(results: list[dict[str, Any]], reference: dict[str, Any] | Non
         known = [c for c in checks if c is not None]
         passed = f"{sum(c['passed'] for c in known)}/{len(known)}" if known else "—"
         inverted = f"{sum(c['inverted'] for c in known)}/{len(known)}" if known else "—"
-
-        def health(c: dict[str, Any] | None) -> str:
-            if c is None or c.get("health") is None:
-                return "—"
-            return f"{c['health']:.2f}" + ("" if c["passed"] else " FAILED")
-
         per_seed = "; ".join(
-            f"{run['seed']}: {'—' if a is None else f'{a:.3f}'}, {health(c)}" for run, a, c in zip(runs, ates, checks)
+            f"{run['seed']}: {'—' if a is None else f'{a:.3f}'}, {_health_text(c)}"
+            for run, a, c in zip(runs, ates, checks)
         )
         lines.append(f"| {r['label']} | {started} | {passed} | {inverted} | {per_seed} |")
     rule = (

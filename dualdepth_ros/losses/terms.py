@@ -307,29 +307,28 @@ def road_floor(ctx: LossContext, cfg: Any) -> dict[str, torch.Tensor]:
     so it does not fix the scale. A road that falls away beyond a crest breaks the premise: ``margin``
     tolerates mild slopes.
     """
-    from ..geometry import Intrinsics
+    from ..geometry import backproject
+    from ..intrinsics import Intrinsics
     from ..ros.scale import fit_road_plane
 
     depth = ctx.outputs[("depth_fused", ctx.layout.target, 0)].float()
     h, w = depth.shape[-2:]
-    K = K_at(ctx.K, ctx.size, (h, w)).float()
-    u = torch.arange(w, device=depth.device, dtype=torch.float32).view(1, w)
-    v = torch.arange(h, device=depth.device, dtype=torch.float32).view(h, 1)
+    K = K_at(ctx.K, ctx.size, (h, w)).float()[:, :3, :3].expand(depth.shape[0], 3, 3)
+    rays = backproject(torch.ones_like(depth), K)  # B×3×H×W, each pixel's ray with z = 1
+    Ks = K.detach().double().cpu().numpy()
     values = []
     for b in range(depth.shape[0]):
-        k = K[b if K.shape[0] > 1 else 0]
-        fx, fy, cx, cy = (float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]))
         fit = fit_road_plane(
             depth[b, 0].detach().cpu().numpy(),
-            Intrinsics(fx=fx, fy=fy, cx=cx, cy=cy, width=w, height=h),
+            Intrinsics.from_matrix(Ks[b], w, h),
             region=cfg.region,
             max_tilt_deg=cfg.max_tilt_deg,
         )
         if fit is None:
             values.append(depth.new_zeros(()))
             continue
-        n = [float(x) for x in fit.normal]
-        toward = n[0] * (u - cx) / fx + n[1] * (v - cy) / fy + n[2]  # n · ray(u, v), the ray's z = 1
+        normal = torch.as_tensor(fit.normal, dtype=rays.dtype, device=rays.device)
+        toward = torch.einsum("c,chw->hw", normal, rays[b])  # n · ray: > 0 where the ray meets the road
         below = toward > 1e-6
         road = fit.height / toward.clamp(min=1e-6)
         excess = torch.relu(torch.log(depth[b, 0].clamp(min=1e-6)) - torch.log(road) - cfg.margin)
